@@ -1,0 +1,37 @@
+"""Small linear-algebra helpers shared by the aggregation methods and the engines."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def compute_gramian(matrix: Tensor, /) -> Tensor:
+    """Returns ``matrix @ matrix.T``, symmetrised so that rounding cannot break symmetry.
+
+    Args:
+        matrix: ``[m, n]``.
+
+    Returns:
+        ``[m, m]``.
+    """
+    gramian = matrix @ matrix.T
+    return (gramian + gramian.T) / 2
+
+
+def normalize(gramian: Tensor, eps: float) -> Tensor:
+    """Divides ``gramian`` by its trace, or returns zeros when the trace is below ``eps``.
+
+    The trace is the squared Frobenius norm of the Jacobian, so the result is the Gramian of the
+    Jacobian scaled to unit Frobenius norm. A near-zero Gramian carries no direction worth
+    solving for: returning zeros makes the callers fall back to their preference weights.
+    """
+    trace = gramian.diagonal().sum()
+    if trace < eps:
+        return torch.zeros_like(gramian)
+    return gramian / trace
+
+
+def regularize(gramian: Tensor, eps: float) -> Tensor:
+    """Adds ``eps`` times the identity, making a positive semi-definite Gramian definite."""
+    return gramian + eps * torch.eye(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)

@@ -1,0 +1,150 @@
+"""Base classes: what an aggregator and a weighting are.
+
+Index letters used throughout: ``m`` objectives (rows of the Jacobian), ``n`` parameters
+(columns), ``S`` the shape of the losses when they are not a vector.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+from torch import Tensor, nn
+
+from .._linalg import compute_gramian
+from ._checks import check_finite, check_gramian, check_matrix
+
+
+class Weighting(nn.Module, ABC):
+    """Maps a Gramian ``G = J Jᵀ`` of shape ``[m, m]`` to weights of shape ``[m]``.
+
+    The update of the corresponding aggregator is ``weights @ J``. Subclasses implement
+    :meth:`forward`; calling the module validates the Gramian first.
+    """
+
+    @abstractmethod
+    def forward(self, gramian: Tensor, /) -> Tensor:
+        """Returns the weights ``[m]`` for a Gramian ``[m, m]``."""
+
+    def __call__(self, gramian: Tensor, /) -> Tensor:
+        check_gramian(gramian)
+        return super().__call__(gramian)
+
+
+class Aggregator(nn.Module, ABC):
+    """Maps a Jacobian of shape ``[m, n]`` to an update of shape ``[n]``.
+
+    Calling the module validates the Jacobian (a finite matrix with at least one row) first.
+    """
+
+    @abstractmethod
+    def forward(self, jacobian: Tensor, /) -> Tensor:
+        """Returns the update ``[n]`` for a Jacobian ``[m, n]``."""
+
+    def __call__(self, jacobian: Tensor, /) -> Tensor:
+        check_matrix(jacobian, "jacobian")
+        return super().__call__(jacobian)
+
+
+class WeightedAggregator(Aggregator):
+    """An aggregator whose update is ``weights @ J``, with weights computed from ``J``.
+
+    Args:
+        weighting: a module mapping the Jacobian ``[m, n]`` to weights ``[m]``.
+    """
+
+    def __init__(self, weighting: nn.Module) -> None:
+        super().__init__()
+        self.weighting = weighting
+
+    def compute_weights(self, jacobian: Tensor, /) -> Tensor:
+        """Returns the weights ``[m]`` that this aggregator applies to the rows of ``jacobian``."""
+        return self.weighting(jacobian)
+
+    def forward(self, jacobian: Tensor, /) -> Tensor:
+        return self.compute_weights(jacobian) @ jacobian
+
+
+class GramianWeightedAggregator(WeightedAggregator):
+    """A weighted aggregator whose weights depend on the Jacobian only through ``G = J Jᵀ``.
+
+    These methods can run on the Gramian engine (:mod:`jdopt.autogram`), which never forms
+    ``J``.
+
+    Args:
+        weighting: the :class:`Weighting` that holds the method's maths.
+    """
+
+    weighting: Weighting
+
+    def __init__(self, weighting: Weighting) -> None:
+        if not isinstance(weighting, Weighting):
+            raise TypeError(
+                f"`weighting` should be a jdopt.aggregation.Weighting. Found "
+                f"{type(weighting).__name__}."
+            )
+        super().__init__(weighting)
+
+    def compute_weights(self, jacobian: Tensor, /) -> Tensor:
+        return self.weighting(compute_gramian(jacobian))
+
+
+class GeneralizedWeighting(nn.Module, ABC):
+    """Maps a generalized Gramian of shape ``[*S, *reversed(S)]`` to weights of shape ``S``.
+
+    For losses of shape ``S``, the generalized Gramian holds the inner product of the gradients
+    of every pair of losses: ``G[i₁, …, iₖ, jₖ, …, j₁] = ⟨∇L[i₁, …, iₖ], ∇L[j₁, …, jₖ]⟩``.
+    """
+
+    @abstractmethod
+    def forward(self, generalized_gramian: Tensor, /) -> Tensor:
+        """Returns the weights of shape ``S``."""
+
+    def __call__(self, generalized_gramian: Tensor, /) -> Tensor:
+        _check_generalized_gramian(generalized_gramian)
+        return super().__call__(generalized_gramian)
+
+
+class Flattening(GeneralizedWeighting):
+    """Applies a :class:`Weighting` to a generalized Gramian by flattening the losses.
+
+    The generalized Gramian ``[*S, *reversed(S)]`` is reshaped to the ``[∏S, ∏S]`` Gramian of
+    the flattened losses, ``weighting`` gives ``∏S`` weights, and they are reshaped to ``S``.
+
+    Args:
+        weighting: the weighting applied to the flattened Gramian.
+    """
+
+    def __init__(self, weighting: Weighting) -> None:
+        if not isinstance(weighting, Weighting):
+            raise TypeError(
+                f"`weighting` should be a jdopt.aggregation.Weighting. Found "
+                f"{type(weighting).__name__}. Use the method's `...Weighting` class, e.g. "
+                "`Flattening(UPGradWeighting())`."
+            )
+        super().__init__()
+        self.weighting = weighting
+
+    def forward(self, generalized_gramian: Tensor, /) -> Tensor:
+        k = generalized_gramian.ndim // 2
+        shape = generalized_gramian.shape[:k]
+        m = math.prod(shape)
+        order = [*range(k), *reversed(range(k, 2 * k))]
+        gramian = generalized_gramian.permute(order).reshape(m, m)
+        return self.weighting(gramian).reshape(shape)
+
+
+def _check_generalized_gramian(generalized_gramian: Tensor) -> None:
+    if not isinstance(generalized_gramian, Tensor):
+        raise TypeError(
+            "`generalized_gramian` should be a torch.Tensor. Found "
+            f"{type(generalized_gramian).__name__}."
+        )
+    shape = tuple(generalized_gramian.shape)
+    k = len(shape) // 2
+    if len(shape) % 2 != 0 or shape[:k] != shape[k:][::-1]:
+        raise ValueError(
+            "`generalized_gramian` should have shape [*S, *reversed(S)] for losses of shape S "
+            f"(e.g. [B, k, k, B]). Found shape {shape}."
+        )
+    check_finite(generalized_gramian, "generalized_gramian")
