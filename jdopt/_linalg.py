@@ -20,14 +20,14 @@ def compute_gramian(matrix: Tensor, /) -> Tensor:
 
 
 def normalize(gramian: Tensor, eps: float) -> Tensor:
-    """Divides ``gramian`` by its trace, or returns zeros when the trace is below ``eps``.
+    """Divides ``gramian`` by its trace, or returns zeros when the trace is at most ``eps``.
 
     The trace is the squared Frobenius norm of the Jacobian, so the result is the Gramian of the
     Jacobian scaled to unit Frobenius norm. A near-zero Gramian carries no direction worth
     solving for: returning zeros makes the callers fall back to their preference weights.
     """
     trace = gramian.diagonal().sum()
-    if trace < eps:
+    if trace <= eps:
         return torch.zeros_like(gramian)
     return gramian / trace
 

@@ -1,0 +1,112 @@
+"""Every public aggregation method, once, with the properties it claims.
+
+Adding a method to jdopt.aggregation = adding a row here; ``test_registry_is_complete`` fails
+otherwise. Factories take the number of objectives ``m`` (some methods need it) and return
+``None`` when the method cannot handle ``m`` objectives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import jdopt.aggregation as agg
+
+Factory = Callable[[int], nn.Module | None]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    aggregator: Factory
+    weighting: Factory | None = None  # the matching ...Weighting, for Gramian-based methods
+    non_conflicting: str | None = None  # "always", "independent_rows" (full row rank) or None
+    linear_under_scaling: bool = False
+    permutation_invariant: bool = False
+    deterministic: bool = True
+
+
+def _seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def _krum(m: int, cls: type) -> nn.Module | None:
+    return cls(n_byzantine=1, n_selected=2) if m >= 4 else None
+
+
+METHODS = [
+    Method("UPGrad", lambda m: agg.UPGrad(), lambda m: agg.UPGradWeighting(), "always", True, True),
+    Method(
+        "DualProj",
+        lambda m: agg.DualProj(),
+        lambda m: agg.DualProjWeighting(),
+        "always",
+        False,
+        True,
+    ),
+    Method("MGDA", lambda m: agg.MGDA(), lambda m: agg.MGDAWeighting(), "always", False, True),
+    Method("Mean", lambda m: agg.Mean(), lambda m: agg.MeanWeighting(), None, True, True),
+    Method("Sum", lambda m: agg.Sum(), lambda m: agg.SumWeighting(), None, True, True),
+    Method(
+        "Constant",
+        lambda m: agg.Constant(torch.linspace(0.5, 2.0, m)),
+        lambda m: agg.ConstantWeighting(torch.linspace(0.5, 2.0, m)),
+        None,
+        True,
+    ),
+    Method(
+        "Random",
+        lambda m: agg.Random(generator=_seeded()),
+        lambda m: agg.RandomWeighting(generator=_seeded()),
+        None,
+        True,
+        deterministic=False,
+    ),
+    Method(
+        "PCGrad",
+        lambda m: agg.PCGrad(generator=_seeded()),
+        lambda m: agg.PCGradWeighting(generator=_seeded()),
+        None,
+        True,
+        deterministic=False,
+    ),
+    Method("IMTLG", lambda m: agg.IMTLG(), lambda m: agg.IMTLGWeighting(), None, False, True),
+    Method(
+        "AlignedMTL",
+        lambda m: agg.AlignedMTL(),
+        lambda m: agg.AlignedMTLWeighting(),
+        None,
+        False,
+        True,
+    ),
+    Method(
+        "CAGrad",
+        lambda m: agg.CAGrad(c=0.5),
+        lambda m: agg.CAGradWeighting(c=0.5),
+        None,
+        False,
+        True,
+    ),
+    Method(
+        "Krum",
+        lambda m: _krum(m, agg.Krum),
+        lambda m: _krum(m, agg.KrumWeighting),
+        None,
+        False,
+        True,
+    ),
+    Method("ConFIG", lambda m: agg.ConFIG(), None, "independent_rows", False, True),
+    Method("GradDrop", lambda m: agg.GradDrop(generator=_seeded()), None, None, False, True, False),
+    Method("NashMTL", lambda m: agg.NashMTL(n_tasks=m), None, "independent_rows", False, True),
+    Method(
+        "TrimmedMean",
+        lambda m: agg.TrimmedMean(trim_number=1) if m >= 3 else None,
+        None,
+        None,
+        False,
+        True,
+    ),
+]
