@@ -1,11 +1,18 @@
 """jdopt: Jacobian descent as a PyTorch optimizer.
 
+:class:`JDOptimizer` wraps any ``torch.optim.Optimizer``; ``jd.step(losses)`` replaces
+``loss.backward(); optimizer.step()`` for a tensor of losses (one per task, per sample, or
+both).
+
 Subpackages:
     aggregation: the methods that turn a Jacobian (or its Gramian) into one update.
+    autojac: ``backward`` and ``mtl_backward`` through the full Jacobian.
 """
 
-from . import aggregation
+from . import aggregation, autojac
+from ._diagnostics import StepInfo
+from ._optimizer import JDOptimizer
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__", "aggregation"]
+__all__ = ["JDOptimizer", "StepInfo", "__version__", "aggregation", "autojac"]

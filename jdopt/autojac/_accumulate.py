@@ -1,0 +1,35 @@
+"""Writing updates into ``.grad`` — the only state jdopt ever leaves on parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def flatten_rows(rows: Sequence[Tensor]) -> Tensor:
+    """Concatenates per-input rows ``[m, *shape]`` into one matrix ``[m, n]``."""
+    m = rows[0].shape[0]
+    return rows[0].reshape(m, -1) if len(rows) == 1 else _cat([r.reshape(m, -1) for r in rows])
+
+
+def accumulate(update: Tensor, params: Sequence[Tensor]) -> None:
+    """Adds the slices of ``update [n]`` to the ``.grad`` of ``params``, as ``backward`` would."""
+    for param, flat in zip(params, update.split([p.numel() for p in params]), strict=True):
+        add_grad(param, flat.reshape(param.shape))
+
+
+def add_grad(param: Tensor, grad: Tensor) -> None:
+    grad = grad.to(dtype=param.dtype)
+    if param.grad is None:
+        param.grad = grad.clone() if grad._base is not None else grad
+    else:
+        param.grad += grad
+
+
+def _cat(matrices: list[Tensor]) -> Tensor:
+    dtype = matrices[0].dtype
+    for matrix in matrices[1:]:
+        dtype = torch.promote_types(dtype, matrix.dtype)
+    return torch.cat([matrix.to(dtype) for matrix in matrices], dim=1)
