@@ -185,19 +185,14 @@ class JDOptimizer(Optimizer):
             self._backward_mtl(losses, features, params)
 
     def _backward_autojac(self, losses: Tensor, params: list[Tensor]) -> None:
-        reached = _reached_params(losses, params)
-        jacobian, used = compute_jacobian(losses, reached, False, self.parallel_chunk_size)
-        update = self._aggregate(jacobian, losses.shape, "autojac")
-        accumulate(update, used)
+        jacobian, used = compute_jacobian(losses, params, False, self.parallel_chunk_size)
+        accumulate(self._aggregate(jacobian, losses.shape, "autojac"), used)
 
     def _backward_mtl(self, losses: Tensor, features: Any, params: list[Tensor]) -> None:
         features = check_features(features)
-        shared = _reached_params(features, params, what="`features`")
-        owned = {id(p) for p in params}
-        flat = losses.reshape(-1)
-        heads = [
-            [p for p in reached_leaves([loss], stop_at=features) if id(p) in owned] for loss in flat
-        ]
+        upstream = {id(t) for t in reached_leaves(features)}
+        shared = [p for p in params if id(p) in upstream]
+        heads = [p for p in params if id(p) not in upstream]
         jacobian, used, head_grads = compute_mtl_jacobian(
             losses, features, shared, heads, False, self.parallel_chunk_size
         )
@@ -210,18 +205,15 @@ class JDOptimizer(Optimizer):
         """The update ``[n]`` (in the scaler's space), with diagnostics in ``last_step``."""
         scale = _scale(self.scaler)
         jacobian = jacobian / scale if scale != 1.0 else jacobian
-        finite = bool(torch.isfinite(jacobian).all())
+        gramian = compute_gramian(jacobian)
+        # A NaN/inf in J makes G non-finite, and G is m × m: checking it is cheap.
+        finite = bool(torch.isfinite(gramian).all())
         if not finite and self.scaler is None:
             raise ValueError(
                 "The Jacobian of the losses contains NaN or inf although the losses are finite "
                 "(an overflow in the backward pass). Nothing was changed. Lower the learning "
                 "rate or use a GradScaler (pass `scaler=` to JDOptimizer)."
             )
-        gramian = (
-            compute_gramian(jacobian)
-            if finite
-            else jacobian.new_full((len(jacobian),) * 2, torch.nan)
-        )
         weights = None
         if not finite:
             update = jacobian.new_full((jacobian.shape[1],), torch.nan)
@@ -279,19 +271,6 @@ def _as_aggregator(aggregator: Aggregator | Weighting) -> Aggregator:
     if isinstance(aggregator, Weighting):
         return GramianWeightedAggregator(aggregator)
     return aggregator
-
-
-def _reached_params(
-    roots: Tensor | Sequence[Tensor], params: list[Tensor], what: str = "The losses"
-) -> list[Tensor]:
-    reached = {id(t) for t in reached_leaves([roots] if isinstance(roots, Tensor) else roots)}
-    used = [p for p in params if id(p) in reached]
-    if not used:
-        raise ValueError(
-            f"{what} depend on none of the optimizer's parameters. Build the optimizer on the "
-            "parameters of the model that computes the losses."
-        )
-    return used
 
 
 def _scale(scaler: torch.amp.GradScaler | None) -> float:

@@ -67,7 +67,8 @@ def compute_jacobian(
     used = [x for x, row in zip(inputs, rows, strict=True) if row is not None]
     if not used:
         raise ValueError(
-            "The losses do not depend on any of the given inputs. Pass the parameters the "
-            "losses are computed from."
+            "The losses depend on none of the given parameters. Pass the parameters the "
+            "losses are computed from (for JDOptimizer: build the wrapped optimizer on the "
+            "parameters of the model that computes the losses)."
         )
     return flatten_rows([row for row in rows if row is not None]), used

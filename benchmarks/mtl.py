@@ -1,0 +1,76 @@
+"""Multi-task step time: JDOptimizer (mtl, UPGrad) vs one backward of the summed losses.
+
+A trunk MLP (64 → 256 → 256) feeds k linear heads; batch 64. Both variants use SGD on the same
+model and batch, timed interleaved in one process (medians after warm-up).
+
+    python benchmarks/mtl.py [--tasks 2 10 40] [--repeats 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_medians
+
+from jdopt import JDOptimizer
+from jdopt.aggregation import UPGrad
+
+
+def setup(k: int, batch: int) -> tuple:
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
+    heads = nn.ModuleList(nn.Linear(256, 1) for _ in range(k))
+    params = [*trunk.parameters(), *heads.parameters()]
+    x, y = torch.randn(batch, 64), torch.randn(batch, k)
+    return trunk, heads, params, x, y
+
+
+def losses_of(trunk: nn.Module, heads: nn.ModuleList, x: torch.Tensor, y: torch.Tensor):
+    features = trunk(x)
+    losses = torch.stack(
+        [((h(features).squeeze(1) - y[:, i]) ** 2).mean() for i, h in enumerate(heads)]
+    )
+    return losses, features
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    print(f"{'k':>4} {'sum step (ms)':>14} {'JD step (ms)':>13} {'ratio':>6}")
+    for k in args.tasks:
+        times = bench(k, args.batch, args.repeats)
+        ratio = times["jd"] / times["sum"]
+        print(f"{k:>4} {times['sum'] * 1e3:>14.2f} {times['jd'] * 1e3:>13.2f} {ratio:>6.2f}")
+
+
+def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
+    trunk, heads, params, x, y = setup(k, batch)
+    plain = torch.optim.SGD(params, lr=1e-3)
+    jd = JDOptimizer(torch.optim.SGD(params, lr=1e-3), aggregator=UPGrad())
+
+    def plain_step() -> None:
+        losses, _ = losses_of(trunk, heads, x, y)
+        plain.zero_grad()
+        losses.sum().backward()
+        plain.step()
+
+    def jd_step() -> None:
+        losses, features = losses_of(trunk, heads, x, y)
+        jd.zero_grad()
+        jd.step(losses, features=features)
+
+    return interleaved_medians({"sum": plain_step, "jd": jd_step}, repeats=repeats)
+
+
+if __name__ == "__main__":
+    main()

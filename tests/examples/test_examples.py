@@ -1,0 +1,42 @@
+"""Every example runs, with tiny sizes, and does what it claims."""
+
+from __future__ import annotations
+
+import math
+import runpy
+from pathlib import Path
+
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _main(name: str):
+    return runpy.run_path(str(EXAMPLES / name), run_name="example")["main"]
+
+
+def test_quickstart(tmp_path: Path) -> None:
+    plot = tmp_path / "curves.png"
+    results = _main("quickstart.py")(["--epochs", "1", "--limit", "96", "--plot", str(plot)])
+    assert set(results) == {
+        f"{name} {metric}"
+        for name in ("JD + UPGrad", "Adam")
+        for metric in ("train loss", "test accuracy")
+    }
+    assert all(math.isfinite(v) for v in results.values())
+    assert results["JD + UPGrad train loss"] < math.log(10)  # better than chance after 1 epoch
+    assert plot.stat().st_size > 0
+
+
+def test_multi_task() -> None:
+    final = _main("multi_task.py")(["--epochs", "2", "--samples", "64", "--tasks", "3"])
+    assert len(final) == 3 and all(math.isfinite(v) for v in final)
+
+
+def test_pareto_toy(tmp_path: Path) -> None:
+    plot = tmp_path / "pareto.png"
+    paths = _main("pareto_toy.py")(["--steps", "20", "--plot", str(plot)])
+    for name in ("MGDA", "UPGrad"):  # far from the Pareto front, every step improves both
+        assert (paths[name].diff(dim=0) <= 0).all(), name
+    assert not torch.equal(paths["UPGrad"], paths["MGDA"])
+    assert plot.stat().st_size > 0
