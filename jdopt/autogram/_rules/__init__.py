@@ -1,0 +1,49 @@
+"""The registry of per-layer rules: one small file per layer family.
+
+``make_rule(module, names, batch_dim)`` returns the rule for a module's direct trainable
+parameters: a closed-form one when the module type is registered and its configuration is
+supported, the generic batched-VJP fallback otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from ._base import Rule, Use
+from ._conv import ConvRule
+from ._embedding import make_embedding_rule
+from ._fallback import FallbackRule
+from ._linear import LinearRule
+from ._norm import norm_rules
+
+Factory = Callable[[nn.Module, Sequence[str]], Rule | None]
+
+REGISTRY: dict[type[nn.Module], Factory] = {
+    nn.Linear: LinearRule,
+    nn.Conv1d: ConvRule,
+    nn.Conv2d: ConvRule,
+    nn.Embedding: make_embedding_rule,
+    **norm_rules(),
+}
+
+
+def register_rule(module_type: type[nn.Module], factory: Factory) -> None:
+    """Registers a rule factory for a module type (a factory may return ``None`` to decline)."""
+    REGISTRY[module_type] = factory
+
+
+def make_rule(module: nn.Module, names: Sequence[str]) -> Rule:
+    # Exact types only: a subclass may override forward, and then only the fallback is exact.
+    factory = REGISTRY.get(type(module))
+    rule = None if factory is None else factory(module, names)
+    if rule is not None:
+        return rule
+    batch_axis = 0
+    if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
+        batch_axis = 1
+    return FallbackRule(module, names, batch_axis=batch_axis)
+
+
+__all__ = ["REGISTRY", "FallbackRule", "Rule", "Use", "make_rule", "register_rule"]

@@ -1,0 +1,61 @@
+"""What a rule is: the Gramian, per-objective and weighted gradients of one module type.
+
+Index letters: ``S`` slices, ``B`` rows, ``N`` inner batch, ``T`` positions, ``R = S·B``
+objectives; see ``jdopt.autogram._layout``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from .._layout import Layout
+
+
+@dataclass
+class Use:
+    """One call of a hooked module: its inputs, outputs and, later, the outputs' gradients."""
+
+    args: tuple
+    outputs: list[Tensor]
+    versions: list[int]
+    grads: list[Tensor | None] = field(default_factory=list)  # [S, *output.shape] each
+
+
+class Rule(ABC):
+    """Closed-form Gramian quantities for one module's direct parameters.
+
+    Args:
+        module: the module.
+        names: the names of its direct trainable parameters covered by this rule.
+    """
+
+    def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
+        self.module = module
+        self.names = list(names)
+
+    def param(self, name: str) -> nn.Parameter:
+        return self.module.get_parameter(name)
+
+    @abstractmethod
+    def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
+        """The gradient of every objective with respect to parameter ``name``: ``[R, numel]``."""
+
+    def gramian(self, uses: Sequence[Use], names: Sequence[str], layout: Layout) -> Tensor:
+        """The contribution ``[R, R]`` of the parameters ``names`` to the Gramian."""
+        total = None
+        for name in names:
+            grads = self.per_objective(uses, name, layout)
+            part = grads @ grads.T
+            total = part if total is None else total + part
+        return total
+
+    def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
+        """``Σ_r weights[r] · gradient_r`` for every covered parameter. ``weights``: ``[R]``."""
+        return {
+            name: (weights @ self.per_objective(uses, name, layout)).reshape(self.param(name).shape)
+            for name in self.names
+        }
