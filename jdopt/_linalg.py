@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -35,3 +37,11 @@ def normalize(gramian: Tensor, eps: float) -> Tensor:
 def regularize(gramian: Tensor, eps: float) -> Tensor:
     """Adds ``eps`` times the identity, making a positive semi-definite Gramian definite."""
     return gramian + eps * torch.eye(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
+
+
+def flatten_generalized(generalized_gramian: Tensor, /) -> Tensor:
+    """``[*S, *reversed(S)]`` → the ``[∏S, ∏S]`` Gramian of the flattened losses."""
+    k = generalized_gramian.ndim // 2
+    m = math.prod(generalized_gramian.shape[:k])
+    order = [*range(k), *reversed(range(k, 2 * k))]
+    return generalized_gramian.permute(order).reshape(m, m)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,58 +9,63 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ._arguments import check_arguments, choose_engine, modules_of
+from ._delegate import DelegatingOptimizer
 from ._diagnostics import StepInfo, step_info
-from ._linalg import compute_gramian
+from ._linalg import compute_gramian, flatten_generalized
 from ._losses import as_losses, check_chunk_size, check_finite_losses
 from .aggregation import Aggregator, GramianWeightedAggregator, UPGrad, Weighting
+from .autogram import Engine
 from .autojac._accumulate import accumulate, add_grad
 from .autojac._backward import compute_jacobian
 from .autojac._graph import reached_leaves
 from .autojac._mtl_backward import check_features, compute_mtl_jacobian
 
-ENGINES = ("auto", "autojac")
-_HOOK_DICTS = (
-    "_optimizer_step_pre_hooks",
-    "_optimizer_step_post_hooks",
-    "_optimizer_state_dict_pre_hooks",
-    "_optimizer_state_dict_post_hooks",
-    "_optimizer_load_state_dict_pre_hooks",
-    "_optimizer_load_state_dict_post_hooks",
-)
 
-
-class JDOptimizer(Optimizer):
+class JDOptimizer(DelegatingOptimizer):
     """Jacobian descent around any ``torch.optim.Optimizer``.
 
     Replace ``loss.backward(); optimizer.step()`` with ``jd.step(losses)``, where ``losses``
-    holds one loss per objective (tasks, samples, or both, in any shape). ``jd`` computes the
-    Jacobian of the losses, aggregates it with ``aggregator`` into one update that conflicts
-    with none of them (UPGrad, the default) or follows another rule, writes it into ``.grad``,
-    and lets the wrapped optimizer step. It *is* a torch optimizer: ``param_groups``, ``state``,
-    ``zero_grad``, ``state_dict`` and LR schedulers all work, delegated to ``optimizer``.
+    holds one loss per objective (tasks, samples, or both, in any shape). ``jd`` aggregates the
+    Jacobian of the losses with ``aggregator`` into one update — by default UPGrad, which
+    conflicts with none of them — writes it into ``.grad``, and lets the wrapped optimizer step.
+    It *is* a torch optimizer: ``param_groups``, ``state``, ``zero_grad``, ``state_dict`` and LR
+    schedulers all work, delegated to ``optimizer``.
+
+    Two engines compute what the aggregator needs:
+
+    - ``"autogram"`` (used by ``"auto"`` when ``model`` is given and the aggregator depends on
+      the Gramian only): the Gramian ``J Jᵀ`` from the activations of ``model``'s layers and
+      one backward pass, without per-sample Jacobians; the weighted gradient then comes from
+      the same saved factors when ``model`` holds every trainable parameter of the optimizer,
+      otherwise from ``losses.backward(weights)`` (partial Jacobian descent: the Gramian of
+      some layers, the weights applied to the whole model).
+    - ``"autojac"``: the full Jacobian over the optimizer's parameters (needed by ConFIG,
+      GradDrop, NashMTL, TrimmedMean, and by ``features=``).
 
     Args:
         optimizer: the optimizer to wrap (SGD, Adam, AdamW, …), built as usual.
         aggregator: an :class:`~jdopt.aggregation.Aggregator` or a
             :class:`~jdopt.aggregation.Weighting`. Default: ``UPGrad()``.
-        model: the module (or list of modules) whose parameters the objectives are
-            differentiated against by the Gramian engine; see ``engine``.
+        model: the module, or list of modules, the Gramian engine hooks.
         batch_dim: the dimension of ``losses`` that indexes samples (``0`` for per-sample
-            losses), or ``None``.
-        engine: ``"auto"`` (default) or ``"autojac"`` (the full Jacobian over the wrapped
-            optimizer's parameters).
+            losses ``[B]`` or ``[B, k]``), or ``None``. Used by the Gramian engine.
+        engine: ``"auto"`` (default), ``"autogram"`` or ``"autojac"``.
         scaler: the ``torch.amp.GradScaler`` used with ``jd.backward(scaler.scale(losses))``
             and ``scaler.step(jd)``; jdopt then computes the weights in the unscaled space and
             lets the scaler skip steps whose Jacobian overflowed.
-        parallel_chunk_size: Jacobian rows per batched backward pass (``None``: all at once).
+        parallel_chunk_size: Jacobian rows per batched backward pass of the autojac engine
+            (``None``: all at once).
 
     Example:
         >>> model = torch.nn.Linear(3, 1)
-        >>> jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+        >>> jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model=model, batch_dim=0)
         >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
         >>> losses = ((model(x) - y) ** 2).squeeze(1)  # one loss per sample
         >>> jd.zero_grad()
         >>> jd.step(losses)
+        >>> jd.last_step.engine
+        'autogram'
     """
 
     def __init__(
@@ -75,69 +79,30 @@ class JDOptimizer(Optimizer):
         scaler: torch.amp.GradScaler | None = None,
         parallel_chunk_size: int | None = None,
     ) -> None:
-        _check_arguments(optimizer, aggregator, model, batch_dim, engine, scaler)
+        check_arguments(optimizer, aggregator, model, batch_dim, engine, scaler)
         check_chunk_size(parallel_chunk_size)
-        self.optimizer = optimizer
-        self.aggregator = _as_aggregator(UPGrad() if aggregator is None else aggregator)
+        aggregator = UPGrad() if aggregator is None else aggregator
+        if isinstance(aggregator, Weighting):
+            aggregator = GramianWeightedAggregator(aggregator)
+        self.aggregator = aggregator
+        self.engine = choose_engine(engine, aggregator, model)
         self.model = model
         self.batch_dim = batch_dim
-        self.engine = "autojac"
         self.scaler = scaler
         self.parallel_chunk_size = parallel_chunk_size
         self.last_step: StepInfo | None = None
-        for name in _HOOK_DICTS:
-            setattr(self, name, OrderedDict())
-        self._patch_step_function()
+        self._gramian_engine = None
+        if self.engine == "autogram":
+            self._gramian_engine = Engine(*modules_of(model), batch_dim=batch_dim)
+        self._init_delegation(optimizer, aggregator)
 
-    # The whole Optimizer surface is the wrapped optimizer's.
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self.optimizer.param_groups = value
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        self.optimizer.state = value
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value: dict[str, Any]) -> None:
-        self.optimizer.defaults = value
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self.optimizer.add_param_group(param_group)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state dict, plus the aggregator's state under ``"jdopt"``."""
-        state = self.optimizer.state_dict()
-        state["jdopt"] = {"aggregator": self.aggregator.state_dict()}
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        extra = state.pop("jdopt", None)
-        if extra is not None:
-            self.aggregator.load_state_dict(extra["aggregator"])
-        self.optimizer.load_state_dict(state)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    def close(self) -> None:
+        """Removes the Gramian engine's hooks from the model (the optimizer still works, on
+        the autojac engine)."""
+        if self._gramian_engine is not None:
+            self._gramian_engine.close()
+            self._gramian_engine = None
+            self.engine = "autojac"
 
     def __repr__(self) -> str:
         inner = "\n".join("    " + line for line in repr(self.optimizer).splitlines())
@@ -160,12 +125,13 @@ class JDOptimizer(Optimizer):
         self.optimizer.step()
 
     def backward(self, losses: Tensor | Sequence[Tensor], *, features: Any = None) -> None:
-        """Aggregates the Jacobian of ``losses`` into the parameters' ``.grad``.
+        """Writes the aggregation of the Jacobian of ``losses`` into the parameters' ``.grad``.
 
         Args:
             losses: one loss per objective, any shape (each element is an objective).
             features: the shared representation of a multi-task model: the parameters
-                upstream of it get Jacobian descent, the heads their own task's gradient.
+                upstream of it get Jacobian descent, the heads their own task's gradient
+                (always on the autojac engine).
 
         Raises:
             TypeError, ValueError: on invalid losses or features, before anything changes.
@@ -179,98 +145,78 @@ class JDOptimizer(Optimizer):
         if self.scaler is None:
             check_finite_losses(losses)
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
-        if features is None:
-            self._backward_autojac(losses, params)
+        if features is not None:
+            self._backward_mtl(losses, check_features(features), params)
+        elif self._gramian_engine is not None:
+            self._backward_autogram(losses, params)
         else:
-            self._backward_mtl(losses, features, params)
+            jacobian, used = compute_jacobian(losses, params, False, self.parallel_chunk_size)
+            accumulate(self._aggregate(jacobian, losses.shape, "autojac"), used)
 
-    def _backward_autojac(self, losses: Tensor, params: list[Tensor]) -> None:
-        jacobian, used = compute_jacobian(losses, params, False, self.parallel_chunk_size)
-        accumulate(self._aggregate(jacobian, losses.shape, "autojac"), used)
+    def _backward_autogram(self, losses: Tensor, params: list[Tensor]) -> None:
+        engine = self._gramian_engine
+        gramian = flatten_generalized(engine.compute_gramian(losses))
+        scale = _scale(self.scaler)
+        weights = self._weights(gramian / scale**2, losses.shape, "autogram")
+        if weights is None:  # non-finite: let the GradScaler skip this step
+            for param in params:
+                add_grad(param, torch.full_like(param, torch.nan))
+            return
+        # The losses carry the scale, so Σ wᵢ ∇(scaled Lᵢ) is already in the scaler's space.
+        covered = {id(p) for p in engine.params}
+        if all(id(p) in covered for p in params):
+            engine.accumulate_grads(weights)
+        else:
+            losses.backward(weights.to(losses.dtype))
 
-    def _backward_mtl(self, losses: Tensor, features: Any, params: list[Tensor]) -> None:
-        features = check_features(features)
+    def _backward_mtl(self, losses: Tensor, features: list[Tensor], params: list[Tensor]) -> None:
         upstream = {id(t) for t in reached_leaves(features)}
         shared = [p for p in params if id(p) in upstream]
         heads = [p for p in params if id(p) not in upstream]
         jacobian, used, head_grads = compute_mtl_jacobian(
             losses, features, shared, heads, False, self.parallel_chunk_size
         )
-        update = self._aggregate(jacobian, losses.shape, "autojac-mtl")
-        accumulate(update, used)
+        accumulate(self._aggregate(jacobian, losses.shape, "autojac-mtl"), used)
         for param, grad in head_grads:
             add_grad(param, grad)
 
     def _aggregate(self, jacobian: Tensor, shape: torch.Size, engine: str) -> Tensor:
-        """The update ``[n]`` (in the scaler's space), with diagnostics in ``last_step``."""
+        """The update ``[n]`` from the Jacobian (in the scaler's space)."""
         scale = _scale(self.scaler)
         jacobian = jacobian / scale if scale != 1.0 else jacobian
         gramian = compute_gramian(jacobian)
+        if isinstance(self.aggregator, GramianWeightedAggregator):
+            weights = self._weights(gramian, shape, engine)
+            update = None if weights is None else weights.reshape(-1) @ jacobian
+        else:
+            update = None
+            if self._finite(gramian, engine):
+                update = self.aggregator(jacobian)
+                self.last_step = step_info(engine, gramian, None, skipped=False)
+        if update is None:
+            return jacobian.new_full((jacobian.shape[1],), torch.nan)
+        return update * scale if scale != 1.0 else update
+
+    def _weights(self, gramian: Tensor, shape: torch.Size, engine: str) -> Tensor | None:
+        """Weights in the losses' shape, or ``None`` when the Gramian is not finite."""
+        if not self._finite(gramian, engine):
+            return None
+        weights = self.aggregator.weighting(gramian).reshape(shape)
+        self.last_step = step_info(engine, gramian, weights, skipped=False)
+        return weights
+
+    def _finite(self, gramian: Tensor, engine: str) -> bool:
         # A NaN/inf in J makes G non-finite, and G is m × m: checking it is cheap.
-        finite = bool(torch.isfinite(gramian).all())
-        if not finite and self.scaler is None:
+        if bool(torch.isfinite(gramian).all()):
+            return True
+        if self.scaler is None:
             raise ValueError(
                 "The Jacobian of the losses contains NaN or inf although the losses are finite "
                 "(an overflow in the backward pass). Nothing was changed. Lower the learning "
                 "rate or use a GradScaler (pass `scaler=` to JDOptimizer)."
             )
-        weights = None
-        if not finite:
-            update = jacobian.new_full((jacobian.shape[1],), torch.nan)
-        elif isinstance(self.aggregator, GramianWeightedAggregator):
-            weights = self.aggregator.weighting(gramian)
-            update = weights @ jacobian
-        else:
-            update = self.aggregator(jacobian)
-        shaped = None if weights is None else weights.reshape(shape)
-        self.last_step = step_info(engine, gramian, shaped, skipped=not finite)
-        return update * scale if scale != 1.0 else update
-
-
-def _check_arguments(
-    optimizer: object,
-    aggregator: object,
-    model: object,
-    batch_dim: object,
-    engine: object,
-    scaler: object,
-) -> None:
-    if isinstance(optimizer, JDOptimizer) or not isinstance(optimizer, Optimizer):
-        raise TypeError(
-            "`optimizer` should be a torch.optim.Optimizer (e.g. torch.optim.Adam(model."
-            f"parameters())), not already wrapped. Found {type(optimizer).__name__}."
-        )
-    if aggregator is not None and not isinstance(aggregator, (Aggregator, Weighting)):
-        raise TypeError(
-            "`aggregator` should be a jdopt.aggregation.Aggregator or Weighting (e.g. UPGrad()). "
-            f"Found {type(aggregator).__name__}."
-        )
-    if engine not in ENGINES:
-        raise ValueError(f"`engine` should be one of {ENGINES}. Found engine={engine!r}.")
-    if model is not None and not _is_modules(model):
-        raise TypeError(
-            f"`model` should be an nn.Module or a list of them. Found {type(model).__name__}."
-        )
-    if batch_dim is not None and (not isinstance(batch_dim, int) or isinstance(batch_dim, bool)):
-        raise TypeError(f"`batch_dim` should be an int or None. Found {batch_dim!r}.")
-    if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
-        raise TypeError(
-            f"`scaler` should be a torch.amp.GradScaler or None. Found {type(scaler).__name__}."
-        )
-
-
-def _is_modules(model: object) -> bool:
-    if isinstance(model, nn.Module):
-        return True
-    return (
-        isinstance(model, Sequence) and bool(model) and all(isinstance(m, nn.Module) for m in model)
-    )
-
-
-def _as_aggregator(aggregator: Aggregator | Weighting) -> Aggregator:
-    if isinstance(aggregator, Weighting):
-        return GramianWeightedAggregator(aggregator)
-    return aggregator
+        self.last_step = step_info(engine, gramian, None, skipped=True)
+        return False
 
 
 def _scale(scaler: torch.amp.GradScaler | None) -> float:

@@ -6,12 +6,11 @@ Index letters used throughout: ``m`` objectives (rows of the Jacobian), ``n`` pa
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
 from torch import Tensor, nn
 
-from .._linalg import compute_gramian
+from .._linalg import compute_gramian, flatten_generalized
 from ._checks import check_finite, check_gramian, check_matrix
 
 
@@ -126,12 +125,8 @@ class Flattening(GeneralizedWeighting):
         self.weighting = weighting
 
     def forward(self, generalized_gramian: Tensor, /) -> Tensor:
-        k = generalized_gramian.ndim // 2
-        shape = generalized_gramian.shape[:k]
-        m = math.prod(shape)
-        order = [*range(k), *reversed(range(k, 2 * k))]
-        gramian = generalized_gramian.permute(order).reshape(m, m)
-        return self.weighting(gramian).reshape(shape)
+        shape = generalized_gramian.shape[: generalized_gramian.ndim // 2]
+        return self.weighting(flatten_generalized(generalized_gramian)).reshape(shape)
 
 
 def _check_generalized_gramian(generalized_gramian: Tensor) -> None:

@@ -80,7 +80,7 @@ def _solve_on_support(q: Tensor, b: Tensor, support: Tensor) -> tuple[Tensor, fl
     kkt[:k, k] = -1.0
     kkt[k, :k] = 1.0
     rhs = torch.cat([-b[index], torch.ones(1, dtype=torch.float64)])
-    solution = torch.linalg.lstsq(kkt, rhs.unsqueeze(1)).solution.squeeze(1)
+    solution = torch.linalg.solve(kkt, rhs)
     w = torch.zeros_like(b)
     w[index] = solution[:k]
     return w, float(solution[k])

@@ -1,0 +1,154 @@
+"""JDOptimizer on the Gramian engine: same steps as the full-Jacobian engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import jdopt.aggregation as agg
+from jdopt import JDOptimizer
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv1d(2, 3, 3, padding=1),
+        nn.GroupNorm(1, 3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(15, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    ).double()
+
+
+def _losses(model: nn.Module, step: int, shape: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(step)
+    x = torch.randn(6, 2, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    errors = (model(x) - y) ** 2  # [6, 3]
+    if shape == "[B]":
+        return errors.mean(dim=1)
+    if shape == "[B, k]":
+        return errors
+    return errors.mean(dim=0)  # "[k]": one loss per output, not per sample
+
+
+def _params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _train(jd: JDOptimizer, model: nn.Module, shape: str, steps: int = 3) -> None:
+    for step in range(steps):
+        jd.zero_grad()
+        jd.step(_losses(model, step, shape))
+
+
+@pytest.mark.parametrize(("shape", "batch_dim"), [("[B]", 0), ("[B, k]", 0), ("[k]", None)])
+@pytest.mark.parametrize("aggregator", [agg.UPGrad(), agg.MGDAWeighting(), agg.Mean()])
+def test_autogram_steps_equal_autojac_steps(shape: str, batch_dim, aggregator) -> None:
+    gram_model, jac_model = _model(), _model()
+    gram = JDOptimizer(
+        torch.optim.Adam(gram_model.parameters(), lr=0.01),
+        aggregator=aggregator,
+        model=gram_model,
+        batch_dim=batch_dim,
+    )
+    jac = JDOptimizer(torch.optim.Adam(jac_model.parameters(), lr=0.01), aggregator=aggregator)
+    _train(gram, gram_model, shape)
+    _train(jac, jac_model, shape)
+    assert gram.last_step.engine == "autogram" and jac.last_step.engine == "autojac"
+    assert torch.allclose(_params(gram_model), _params(jac_model), atol=1e-9)
+    assert torch.allclose(gram.last_step.gramian, jac.last_step.gramian, atol=1e-9)
+
+
+def test_partial_engine_weights_the_whole_model() -> None:
+    model = _model()
+    last = model[-1]
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model=last, batch_dim=0)
+    losses = _losses(model, 0, "[B]")
+    params = list(model.parameters())
+    jacobian = torch.stack(
+        [
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, retain_graph=True)])
+            for loss in losses
+        ]
+    )
+    tail = torch.tensor(
+        [i >= len(params) - 2 for i, p in enumerate(params) for _ in range(p.numel())]
+    )
+    partial = jacobian[:, tail]
+    weights = agg.UPGradWeighting()(partial @ partial.T)
+    jd.backward(losses)
+    grads = torch.cat([p.grad.reshape(-1) for p in params])
+    assert torch.allclose(grads, weights @ jacobian, atol=1e-10)
+    assert torch.allclose(jd.last_step.weights, weights, atol=1e-10)
+
+
+def test_engine_choice() -> None:
+    model = _model()
+    params = model.parameters
+    assert JDOptimizer(torch.optim.SGD(params(), lr=1.0), model=model).engine == "autogram"
+    assert JDOptimizer(torch.optim.SGD(params(), lr=1.0)).engine == "autojac"
+    configured = JDOptimizer(
+        torch.optim.SGD(params(), lr=1.0), aggregator=agg.ConFIG(), model=model
+    )
+    assert configured.engine == "autojac"
+    forced = JDOptimizer(torch.optim.SGD(params(), lr=1.0), model=model, engine="autojac")
+    assert forced.engine == "autojac"
+    with pytest.raises(ValueError, match="needs the whole Jacobian"):
+        JDOptimizer(
+            torch.optim.SGD(params(), lr=1.0),
+            aggregator=agg.GradDrop(),
+            model=model,
+            engine="autogram",
+        )
+    with pytest.raises(ValueError, match="needs `model=`"):
+        JDOptimizer(torch.optim.SGD(params(), lr=1.0), engine="autogram")
+    with pytest.raises(ValueError, match="GroupNorm or LayerNorm"):
+        JDOptimizer(torch.optim.SGD(params(), lr=1.0), model=nn.BatchNorm1d(3), batch_dim=0)
+
+
+def test_close_removes_the_hooks_and_falls_back_to_autojac() -> None:
+    model = _model()
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model=model, batch_dim=0)
+    jd.close()
+    assert all(not m._forward_hooks for m in model.modules())
+    jd.step(_losses(model, 0, "[B]"))
+    assert jd.last_step.engine == "autojac"
+
+
+def test_grad_scaler_on_autogram_matches_the_unscaled_run() -> None:
+    plain_model, amp_model = _model(), _model()
+    plain = JDOptimizer(
+        torch.optim.SGD(plain_model.parameters(), lr=0.1), model=plain_model, batch_dim=0
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    amp = JDOptimizer(
+        torch.optim.SGD(amp_model.parameters(), lr=0.1), model=amp_model, batch_dim=0, scaler=scaler
+    )
+    plain.step(_losses(plain_model, 0, "[B]"))
+    amp.backward(scaler.scale(_losses(amp_model, 0, "[B]")))
+    scaler.step(amp)
+    scaler.update()
+    assert torch.allclose(_params(plain_model), _params(amp_model), atol=1e-10)
+
+
+def test_non_finite_gramian_is_skipped_with_a_scaler_and_refused_without() -> None:
+    model = _model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    jd = JDOptimizer(torch.optim.Adam(model.parameters()), model=model, batch_dim=0, scaler=scaler)
+    before = _params(model)
+    losses = _losses(model, 0, "[B]")
+    jd.backward(scaler.scale(losses + torch.sqrt(losses * 0.0)))
+    assert jd.last_step.skipped
+    scaler.step(jd)
+    scaler.update()
+    assert torch.equal(_params(model), before) and jd.state == {}
+    jd.zero_grad()
+    plain = JDOptimizer(torch.optim.Adam(model.parameters()), model=model, batch_dim=0)
+    losses = _losses(model, 0, "[B]")
+    with pytest.raises(ValueError, match="contains NaN or inf"):
+        plain.step(losses + torch.sqrt(losses * 0.0))
+    assert all(p.grad is None for p in model.parameters()) and plain.state == {}
