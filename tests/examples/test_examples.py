@@ -40,3 +40,19 @@ def test_pareto_toy(tmp_path: Path) -> None:
         assert (paths[name].diff(dim=0) <= 0).all(), name
     assert not torch.equal(paths["UPGrad"], paths["MGDA"])
     assert plot.stat().st_size > 0
+
+
+def _improves(history: list[float]) -> bool:
+    return sum(history[-5:]) < sum(history[:5])
+
+
+def test_iwrm_autogram() -> None:
+    assert _improves(_main("iwrm_autogram.py")(["--steps", "30", "--batch", "8"]))
+
+
+def test_partial_autogram() -> None:
+    assert _improves(_main("partial_autogram.py")(["--steps", "30", "--batch", "8"]))
+
+
+def test_iwmtl_autogram() -> None:
+    assert _improves(_main("iwmtl_autogram.py")(["--steps", "30", "--batch", "4", "--tasks", "2"]))
