@@ -1,0 +1,48 @@
+"""Slow references for the Gramian engine: row-by-row ``autograd.grad`` Jacobians."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from tests.utils.reference import jacobian_by_rows
+
+TOLERANCE = 1e-6  # relative, in float64
+
+
+def reference_gramian(losses: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """The generalized Gramian ``[*S, *reversed(S)]`` of ``losses`` (shape ``S``), from the
+    Jacobian of the flattened losses (the graph of ``losses`` is kept)."""
+    jacobian = jacobian_by_rows(losses, params)
+    shape = losses.shape
+    k = len(shape)
+    full = (jacobian @ jacobian.T).reshape(tuple(shape) * 2)
+    return full.permute(*range(k), *reversed(range(k, 2 * k)))
+
+
+def reference_weighted_gradient(
+    losses: Tensor, weights: Tensor, params: Sequence[Tensor]
+) -> list[Tensor]:
+    """``Σᵢ weights[i] ∇losses[i]`` for every parameter (zeros where a parameter is unused)."""
+    grads = torch.autograd.grad(
+        (losses * weights).sum(), params, retain_graph=True, allow_unused=True
+    )
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """``‖actual - expected‖ / ‖expected‖`` (Frobenius), as a Python float."""
+    assert actual.shape == expected.shape, (tuple(actual.shape), tuple(expected.shape))
+    difference = (actual.detach() - expected.detach()).norm()
+    return (difference / expected.detach().norm()).item()
+
+
+def accumulated_grads(params: Sequence[Tensor]) -> list[Tensor]:
+    """The ``.grad`` of every parameter, zeros where it is ``None``."""
+    return [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+
+
+def flat(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])

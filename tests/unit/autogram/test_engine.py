@@ -1,0 +1,441 @@
+"""The engine's lifecycle, partial engines, autocast and its error contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from jdopt.aggregation import MeanWeighting, UPGradWeighting
+from jdopt.autogram import Engine
+from tests.utils.architectures import ARCHITECTURES, Architecture, trainable_parameters
+
+from ._reference import (
+    TOLERANCE,
+    accumulated_grads,
+    flat,
+    reference_gramian,
+    reference_weighted_gradient,
+    relative_error,
+)
+from ._settings import PER_SAMPLE, per_sample
+
+_F64 = torch.float64
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    layers = [nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)]
+    return nn.Sequential(*layers).to(_F64)
+
+
+def _x(batch: int = 5, seed: int = 1) -> Tensor:
+    return torch.randn(batch, 3, dtype=_F64, generator=torch.Generator().manual_seed(seed))
+
+
+def _losses(model: nn.Module, x: Tensor) -> Tensor:
+    return PER_SAMPLE.losses(model(x))
+
+
+def _all_hooks_removed(model: nn.Module) -> bool:
+    return all(not m._forward_hooks for m in model.modules())
+
+
+def _by_name(name: str) -> Architecture:
+    return next(arch for arch in ARCHITECTURES if arch.name == name)
+
+
+# ---------------------------------------------------------------------------- partial engines
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_partial_engine_covers_only_its_modules(batch_dim: int | None) -> None:
+    model = _mlp()
+    hooked = [model[2], model[4]]
+    engine = Engine(*hooked, batch_dim=batch_dim)
+    losses = _losses(model, _x())
+
+    gramian = engine.compute_gramian(losses)
+
+    params = trainable_parameters(*hooked)
+    assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
+    everything = reference_gramian(losses, trainable_parameters(model))
+    assert relative_error(gramian, everything) > 1e-3
+    assert {id(p) for p in engine.params} == {id(p) for p in params}
+
+
+def test_partial_engine_accumulates_only_its_parameters() -> None:
+    model = _mlp()
+    engine = Engine(model[4], batch_dim=0)
+    losses = _losses(model, _x())
+    weights = torch.rand(5, dtype=_F64, generator=torch.Generator().manual_seed(2))
+    engine.compute_gramian(losses)
+    params = trainable_parameters(model[4])
+    expected = reference_weighted_gradient(losses, weights, params)
+
+    engine.accumulate_grads(weights)
+
+    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
+    assert all(p.grad is None for p in trainable_parameters(model[0], model[2]))
+
+
+def test_partial_engine_on_a_zoo_head() -> None:
+    model, inputs = _by_name("transformer_encoder").make()
+    engine = Engine(model.layer.self_attn, model.head, batch_dim=0)
+    losses = PER_SAMPLE.losses(model(*inputs))
+
+    gramian = engine.compute_gramian(losses)
+
+    params = trainable_parameters(model.layer.self_attn, model.head)
+    assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
+
+
+# ---------------------------------------------------------------------------- hooks
+def test_close_removes_every_hook_and_records_nothing_more() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    assert not _all_hooks_removed(model)
+    _losses(model, _x())
+
+    engine.close()
+
+    assert _all_hooks_removed(model)
+    losses = _losses(model, _x())
+    with pytest.raises(RuntimeError, match="no forward call"):
+        engine.compute_gramian(losses)
+
+
+def test_context_manager_removes_every_hook() -> None:
+    model = _mlp()
+    with Engine(model, batch_dim=0) as engine:
+        assert isinstance(engine, Engine)
+        losses = _losses(model, _x())
+        gramian = engine.compute_gramian(losses)
+        assert (
+            relative_error(gramian, reference_gramian(losses, list(model.parameters())))
+            <= TOLERANCE
+        )
+
+    assert _all_hooks_removed(model)
+    with pytest.raises(RuntimeError, match="no forward call"):
+        engine.compute_gramian(_losses(model, _x()))
+
+
+def test_context_manager_removes_hooks_on_error() -> None:
+    model = _mlp()
+    with pytest.raises(KeyError), Engine(model, batch_dim=0):
+        raise KeyError("boom")
+    assert _all_hooks_removed(model)
+
+
+def test_clear_forgets_the_recorded_calls() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    losses = _losses(model, _x())
+    engine.clear()
+    with pytest.raises(RuntimeError, match="no forward call"):
+        engine.compute_gramian(losses)
+
+
+def test_an_ordinary_training_step_in_between_changes_nothing() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    first = engine.compute_gramian(_losses(model, _x()))
+
+    model(_x(batch=7, seed=5)).pow(2).sum().backward()  # another batch size, on purpose
+    model.zero_grad()
+    losses = _losses(model, _x())
+    second = engine.compute_gramian(losses)
+
+    assert relative_error(second, first) <= TOLERANCE
+    assert relative_error(second, reference_gramian(losses, list(model.parameters()))) <= 1e-6
+
+
+def test_a_forward_kept_alive_outside_the_losses_is_ignored() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    other = model(_x(batch=7, seed=5))  # recorded, but not part of the losses below
+    losses = _losses(model, _x())
+
+    gramian = engine.compute_gramian(losses)
+
+    assert other.requires_grad
+    assert relative_error(gramian, reference_gramian(losses, list(model.parameters()))) <= TOLERANCE
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_forwards_without_grad_are_ignored(context: type) -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    with context():
+        model(_x(batch=7, seed=5))
+    unrelated = (model[0].weight ** 2).sum(dim=1)  # requires grad, but no forward call
+    with pytest.raises(RuntimeError, match="no forward call"):
+        engine.compute_gramian(unrelated)
+
+    losses = _losses(model, _x())
+    with context():
+        model(_x(batch=7, seed=5))
+    gramian = engine.compute_gramian(losses)
+
+    assert relative_error(gramian, reference_gramian(losses, list(model.parameters()))) <= TOLERANCE
+
+
+def test_two_engines_on_the_same_model() -> None:
+    model = _mlp()
+    per_sample_engine = Engine(model, batch_dim=0)
+    head_engine = Engine(model[4], batch_dim=None)
+    losses = _losses(model, _x())
+
+    first = per_sample_engine.compute_gramian(losses)
+    second = head_engine.compute_gramian(losses)
+
+    everything = reference_gramian(losses, list(model.parameters()))
+    head = reference_gramian(losses, list(model[4].parameters()))
+    assert relative_error(first, everything) <= TOLERANCE
+    assert relative_error(second, head) <= TOLERANCE
+    per_sample_engine.close()
+    assert model[4]._forward_hooks  # the other engine's hook stays
+    head_engine.close()
+    assert _all_hooks_removed(model)
+
+
+def test_consecutive_steps_with_accumulate_grads() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    params = list(model.parameters())
+    for seed in range(3):
+        model.zero_grad()
+        losses = _losses(model, _x(seed=seed))
+        weights = torch.rand(5, dtype=_F64, generator=torch.Generator().manual_seed(seed))
+        gramian = engine.compute_gramian(losses)
+        assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
+        expected = reference_weighted_gradient(losses, weights, params)
+        engine.accumulate_grads(weights)
+        assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
+        with torch.no_grad():
+            for p in params:
+                p -= 0.1 * p.grad
+
+
+# ---------------------------------------------------------------------------- loss shapes
+def test_three_dimensional_losses_give_the_generalized_gramian() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    out = model(_x())
+    losses = torch.stack([per_sample(out), per_sample(torch.tanh(out))], dim=2)  # [5, 3, 2]
+
+    gramian = engine.compute_gramian(losses)
+
+    assert gramian.shape == (5, 3, 2, 2, 3, 5)
+    assert relative_error(gramian, reference_gramian(losses, list(model.parameters()))) <= TOLERANCE
+
+
+def test_negative_batch_dim() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=-1)
+    losses = per_sample(model(_x())).T  # [3, 5]
+
+    gramian = engine.compute_gramian(losses)
+
+    assert gramian.shape == (3, 5, 5, 3)
+    assert relative_error(gramian, reference_gramian(losses, list(model.parameters()))) <= TOLERANCE
+
+
+def test_a_batch_of_one() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    losses = _losses(model, _x(batch=1))
+
+    gramian = engine.compute_gramian(losses)
+
+    assert gramian.shape == (1, 1)
+    assert relative_error(gramian, reference_gramian(losses, list(model.parameters()))) <= TOLERANCE
+
+
+def test_a_sequence_of_losses_is_concatenated() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=None)
+    out = model(_x())
+    parts = [(out**2).mean(), out.sum(dim=0)]
+
+    gramian = engine.compute_gramian(parts)
+
+    expected = reference_gramian(
+        torch.cat([p.reshape(-1) for p in parts]), list(model.parameters())
+    )
+    assert relative_error(gramian, expected) <= TOLERANCE
+
+
+# ---------------------------------------------------------------------------- autocast
+@pytest.mark.parametrize(
+    "name", ["mlp", "cnn", "layernorm_mlp", "attention_batch_first", "embedding_mean_pool"]
+)
+def test_autocast_bfloat16(name: str) -> None:
+    arch = _by_name(name)
+    model, inputs = arch.make()
+    model = model.float()
+    inputs = tuple(x.float() if x.is_floating_point() else x for x in inputs)
+    params = trainable_parameters(model)
+    expected = reference_gramian(PER_SAMPLE.losses(arch.outputs(model, inputs)), params)
+    engine = Engine(model, batch_dim=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = arch.outputs(model, inputs)
+    losses = PER_SAMPLE.losses(out.float())
+
+    gramian = engine.compute_gramian(losses)
+    engine.accumulate_grads(torch.ones_like(losses))
+
+    assert gramian.dtype == torch.float32
+    assert relative_error(gramian, expected) <= 5e-2
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+
+
+# ---------------------------------------------------------------------------- documented usage
+@pytest.mark.parametrize("name", ["mlp", "cnn", "transformer_encoder", "embedding_gru"])
+@pytest.mark.parametrize("weighting", [UPGradWeighting(), MeanWeighting()], ids=["upgrad", "mean"])
+def test_documented_usage_backward_equals_accumulate_grads(name: str, weighting: object) -> None:
+    arch = _by_name(name)
+    model, inputs = arch.make()
+    params = trainable_parameters(model)
+    engine = Engine(model, batch_dim=0)
+    losses = PER_SAMPLE.losses(arch.outputs(model, inputs))
+
+    gramian = engine.compute_gramian(losses)
+    weights = weighting(gramian)
+    engine.accumulate_grads(weights)
+    from_factors = [p.grad.clone() for p in params]
+    model.zero_grad()
+    losses.backward(weights)
+
+    assert relative_error(flat(from_factors), flat(accumulated_grads(params))) <= TOLERANCE
+
+
+# ---------------------------------------------------------------------------- errors
+def test_batchnorm_with_batch_dim_is_refused_with_the_fix() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.Tanh(), nn.BatchNorm1d(4)))
+    with pytest.raises(ValueError, match="BatchNorm1d") as info:
+        Engine(model, batch_dim=0)
+    message = str(info.value)
+    assert "1.1" in message  # the module's name in the model
+    for fix in ["GroupNorm", "LayerNorm", "batch_dim=None"]:
+        assert fix in message
+    assert _all_hooks_removed(model)
+
+
+def test_batchnorm_works_without_batch_dim() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2)
+    ).to(_F64)
+    engine = Engine(model, batch_dim=None)
+    x = torch.randn(5, 2, 4, 4, dtype=_F64, generator=torch.Generator().manual_seed(1))
+    out = model(x)
+    losses = torch.stack([(out**2).mean(), out[:, 0].sum(), torch.sin(out).sum()])
+
+    gramian = engine.compute_gramian(losses)
+
+    assert relative_error(gramian, reference_gramian(losses, list(model.parameters()))) <= TOLERANCE
+
+
+@pytest.mark.parametrize("outer_first", [True, False])
+def test_modules_that_contain_each_other_are_refused(outer_first: bool) -> None:
+    model = _mlp()
+    modules = (model, model[2]) if outer_first else (model[2], model)
+    with pytest.raises(ValueError, match="contain each other"):
+        Engine(*modules, batch_dim=0)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [torch.randn(3), [nn.Linear(2, 2)], nn.Linear(2, 2).weight],
+    ids=lambda m: type(m).__name__,
+)
+def test_non_modules_are_refused(module: object) -> None:
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        Engine(module, batch_dim=0)  # type: ignore[arg-type]
+
+
+def test_no_module_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one module"):
+        Engine(batch_dim=0)
+
+
+@pytest.mark.parametrize("batch_dim", ["0", 0.0, True])
+def test_batch_dim_of_the_wrong_type_is_refused(batch_dim: object) -> None:
+    with pytest.raises(TypeError, match="batch_dim"):
+        Engine(_mlp(), batch_dim=batch_dim)  # type: ignore[arg-type]
+
+
+def test_compute_gramian_before_any_forward() -> None:
+    model = _mlp()
+    losses = _losses(model, _x())  # computed before the engine existed
+    engine = Engine(model, batch_dim=0)
+    with pytest.raises(RuntimeError, match="no forward call"):
+        engine.compute_gramian(losses)
+
+
+def test_losses_without_grad_are_refused() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    with torch.no_grad():
+        losses = _losses(model, _x())
+    with pytest.raises(ValueError, match="does not require grad"):
+        engine.compute_gramian(losses)
+
+
+def test_in_place_modification_of_a_hooked_output() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)).to(_F64)
+    engine = Engine(model, batch_dim=0)
+    losses = _losses(model, _x())
+    with pytest.raises(RuntimeError, match="modified in place") as info:
+        engine.compute_gramian(losses)
+    assert "Linear" in str(info.value)
+    assert "inplace=False" in str(info.value)
+
+
+def test_a_module_seeing_another_batch_size() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    losses = _losses(model, _x(batch=5))[:3]
+    with pytest.raises(ValueError, match="Linear") as info:
+        engine.compute_gramian(losses)
+    assert "3 samples" in str(info.value)
+    assert "batch of 5" in str(info.value)
+
+
+def test_a_module_seeing_the_batch_on_another_dimension() -> None:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(4, 2, 6, dropout=0.0).to(_F64)  # sequence first
+    engine = Engine(layer, batch_dim=0)
+    x = torch.randn(3, 5, 4, dtype=_F64)  # [T, B, d]
+    losses = (layer(x) ** 2).sum(dim=(0, 2))  # [B]
+    with pytest.raises(ValueError, match="batch_dim=None"):
+        engine.compute_gramian(losses)
+
+
+@pytest.mark.parametrize("batch_dim", [2, -3, 5])
+def test_batch_dim_outside_the_losses(batch_dim: int) -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=batch_dim)
+    losses = per_sample(model(_x()))  # [5, 3]
+    with pytest.raises(ValueError, match="batch_dim"):
+        engine.compute_gramian(losses)
+
+
+def test_accumulate_grads_before_compute_gramian() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    losses = _losses(model, _x())
+    with pytest.raises(RuntimeError, match="compute_gramian"):
+        engine.accumulate_grads(torch.ones_like(losses))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_accumulate_grads_twice_after_one_gramian() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    losses = _losses(model, _x())
+    engine.compute_gramian(losses)
+    engine.accumulate_grads(torch.ones_like(losses))
+    with pytest.raises(RuntimeError, match="compute_gramian"):
+        engine.accumulate_grads(torch.ones_like(losses))

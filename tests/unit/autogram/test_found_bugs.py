@@ -1,0 +1,310 @@
+"""Engine bugs found while writing the autogram tests: each test is a minimal repro.
+
+Every test here fails on the engine as it was when the test was written; once a bug is fixed,
+its test can move next to the related tests (the scalar setting into ``_settings.SETTINGS``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from jdopt.autogram import Engine
+from tests.utils.architectures import ARCHITECTURES, Architecture, trainable_parameters
+
+from ._reference import (
+    TOLERANCE,
+    accumulated_grads,
+    flat,
+    reference_gramian,
+    reference_weighted_gradient,
+    relative_error,
+)
+from ._settings import SCALAR
+
+_F64 = torch.float64
+_B = 4
+
+
+def _randn(*shape: int, seed: int = 1) -> Tensor:
+    return torch.randn(*shape, dtype=_F64, generator=torch.Generator().manual_seed(seed))
+
+
+def _indices(seed: int = 1) -> Tensor:
+    return torch.randint(0, 7, (_B, 3), generator=torch.Generator().manual_seed(seed))
+
+
+def _assert_exact(engine: Engine, losses: Tensor, params: list[nn.Parameter]) -> None:
+    """The Gramian and the weighted gradient both match the row-by-row reference."""
+    weights = torch.rand(losses.shape, dtype=_F64, generator=torch.Generator().manual_seed(9))
+    gramian = engine.compute_gramian(losses)
+    assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
+    expected = reference_weighted_gradient(losses, weights, params)
+    engine.accumulate_grads(weights)
+    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
+
+
+# ------------------------------------------------------------------------ 1. scalar losses
+def test_scalar_loss_without_batch_dim() -> None:
+    """``_generalize`` calls ``reshape(*shape, *shape)``, which fails for ``shape == ()``."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).to(_F64)
+    engine = Engine(model, batch_dim=None)
+    loss = (model(_randn(_B, 3)) ** 2).mean()
+
+    gramian = engine.compute_gramian(loss)  # TypeError: reshape() missing 1 required ...
+
+    assert gramian.shape == ()
+    assert relative_error(gramian, reference_gramian(loss, list(model.parameters()))) <= 1e-6
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: a.name)
+def test_zoo_scalar_loss_gramian(arch: Architecture) -> None:
+    model, inputs = arch.make()
+    engine = Engine(model, batch_dim=SCALAR.batch_dim)
+    loss = SCALAR.losses(arch.outputs(model, inputs))
+
+    gramian = engine.compute_gramian(loss)
+
+    assert gramian.shape == ()
+    expected = reference_gramian(loss, trainable_parameters(model))
+    assert relative_error(gramian, expected) <= TOLERANCE
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: a.name)
+def test_zoo_scalar_loss_accumulate_grads(arch: Architecture) -> None:
+    model, inputs = arch.make()
+    params = trainable_parameters(model)
+    engine = Engine(model, batch_dim=SCALAR.batch_dim)
+    loss = SCALAR.losses(arch.outputs(model, inputs))
+    weight = torch.tensor(0.7, dtype=_F64)
+    engine.compute_gramian(loss)
+    expected = reference_weighted_gradient(loss, weight, params)
+
+    engine.accumulate_grads(weight)
+
+    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
+
+
+def test_scalar_loss_with_batch_dim_raises_a_value_error() -> None:
+    """``_plan`` accepts ``batch_dim=0`` for a 0-d tensor, then ``movedim`` raises IndexError."""
+    model = nn.Linear(3, 2).to(_F64)
+    engine = Engine(model, batch_dim=0)
+    loss = (model(_randn(_B, 3)) ** 2).mean()
+    with pytest.raises(ValueError, match="batch_dim"):
+        engine.compute_gramian(loss)
+
+
+# ------------------------------------------------------------------------ 2. graph leaks
+def test_gramian_and_accumulated_grads_are_detached() -> None:
+    """The closed-form rules use the saved inputs ``X``, which require grad beyond the first
+    layer: the Gramian gets a ``grad_fn`` (it keeps the forward graph alive) and
+    ``accumulate_grads`` writes a ``.grad`` that has a ``grad_fn``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(_F64)
+    engine = Engine(model, batch_dim=0)
+    losses = (model(_randn(_B, 3)) ** 2).sum(dim=1)
+
+    gramian = engine.compute_gramian(losses)
+    engine.accumulate_grads(torch.ones(_B, dtype=_F64))
+
+    assert not gramian.requires_grad
+    assert all(not p.grad.requires_grad for p in model.parameters())
+
+
+# ------------------------------------------------------------------------ 3. recurrent layers
+class _RecurrentFromState(nn.Module):
+    """A classifier read from the final hidden state ``h_n`` (``[layers, B, H]``)."""
+
+    def __init__(self, kind: type[nn.RNNBase]) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(7, 3)
+        self.rnn = kind(3, 4, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        _, state = self.rnn(self.embedding(idx))
+        h = state[0] if isinstance(state, tuple) else state
+        return self.head(h[-1])
+
+
+def test_gru_read_from_its_final_state() -> None:
+    """GRU returns ``(output, h_n)``: the fallback masks every output along ``batch_axis=0``,
+    but ``h_n`` has the batch on dim 1, so the per-sample split of its gradient is wrong."""
+    torch.manual_seed(0)
+    model = _RecurrentFromState(nn.GRU).to(_F64)
+    engine = Engine(model, batch_dim=0)
+    losses = (model(_indices()) ** 2).sum(dim=1)
+    _assert_exact(engine, losses, list(model.parameters()))
+
+
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_lstm_read_from_its_final_state(batch_dim: int | None) -> None:
+    """LSTM returns ``(output, (h_n, c_n))``: the hook only records top-level tensors, so the
+    gradient flowing through ``h_n`` is missed (wrong even with ``batch_dim=None``)."""
+    torch.manual_seed(0)
+    model = _RecurrentFromState(nn.LSTM).to(_F64)
+    engine = Engine(model, batch_dim=batch_dim)
+    out = model(_indices())
+    losses = (out**2).sum(dim=1) if batch_dim == 0 else torch.stack([(out**2).sum(), out.sum()])
+    _assert_exact(engine, losses, list(model.parameters()))
+
+
+# ------------------------------------------------------------------------ 4. fallback reuse
+class _ScaleShift(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([0.5, -1.0, 2.0], dtype=_F64))
+        self.shift = nn.Parameter(torch.tensor([0.1, 0.2, -0.3], dtype=_F64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+
+class _AppliedTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.affine = _ScaleShift()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.affine(torch.tanh(self.affine(x)))
+
+
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_fallback_module_applied_twice_in_sequence(batch_dim: int | None) -> None:
+    """The fallback back-propagates each call's output gradient to the parameters through the
+    whole recorded graph, which includes the earlier call: the path through the first call is
+    counted once by each call (double counting)."""
+    model = _AppliedTwice()
+    engine = Engine(model, batch_dim=batch_dim)
+    out = model(_randn(_B, 3))
+    losses = (out**2).sum(dim=1) if batch_dim == 0 else torch.stack([(out**2).sum(), out.sum()])
+    _assert_exact(engine, losses, list(model.parameters()))
+
+
+# ------------------------------------------------------------------------ 5. tied parameters
+class _TiedEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(7, 4)
+        self.output = nn.Linear(4, 7, bias=False)
+        self.output.weight = self.embedding.weight
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.output(torch.tanh(self.embedding(idx))).mean(dim=1)
+
+
+def test_partial_engine_on_a_parameter_tied_to_an_unhooked_module() -> None:
+    """Hooking only the output layer of a model whose output weight is the embedding's: the
+    engine counts the output layer's use of the weight only, silently dropping the embedding's
+    (relative error ≈ 0.8). Either all uses must count or the engine must refuse the setup."""
+    torch.manual_seed(0)
+    model = _TiedEmbedding().to(_F64)
+    try:
+        engine = Engine(model.output, batch_dim=0)
+    except ValueError as error:  # refusing the setup up front is an acceptable fix
+        assert "weight" in str(error)
+        return
+    losses = (model(_indices()) ** 2).sum(dim=1)
+    _assert_exact(engine, losses, [model.output.weight])
+
+
+class _TwoNames(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([0.5, -1.0, 2.0], dtype=_F64))
+        self.alias = self.scale  # the same Parameter registered under a second name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(x * self.scale)
+
+
+def test_parameter_registered_under_two_names_in_one_module() -> None:
+    """``_parameters`` holds the Parameter twice: it is treated as tied between two owners,
+    each owner contributes the full gradient, and the Gramian comes out 4× too large."""
+    model = _TwoNames()
+    engine = Engine(model, batch_dim=0)
+    losses = (model(_randn(_B, 3)) ** 2).sum(dim=1)
+    _assert_exact(engine, losses, list(model.parameters()))
+
+
+# ------------------------------------------------------------------------ 6. attention
+def test_sequence_first_attention_with_its_weights_in_the_losses() -> None:
+    """``MultiheadAttention(batch_first=False)`` returns ``[T, B, d]`` outputs but ``[B, T, S]``
+    attention weights; the fallback uses ``batch_axis=1`` for both: vmap size-mismatch error."""
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(4, num_heads=2).to(_F64)
+    x = _randn(3, _B, 4)  # [T, B, d]
+    engine = Engine(attention, batch_dim=0)
+    out, weights = attention(x, x, x)
+    losses = (out**2).sum(dim=(0, 2)) + (weights**2).sum(dim=(1, 2))
+    _assert_exact(engine, losses, list(attention.parameters()))
+
+
+# ------------------------------------------------------------------------ 7. module calls
+class _DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([0.5, -1.0, 2.0], dtype=_F64))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"features": x * self.scale}
+
+
+class _WithDictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = _DictOutput()
+        self.head = nn.Linear(3, 2).to(_F64)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x)["features"])
+
+
+def test_module_returning_a_dict() -> None:
+    """The hook only looks for tensors at the top level of a tuple/list: a module returning a
+    dict records no call, and its parameters silently vanish from the Gramian."""
+    torch.manual_seed(0)
+    model = _WithDictOutput()
+    engine = Engine(model, batch_dim=0)
+    losses = (model(_randn(_B, 3)) ** 2).sum(dim=1)
+    _assert_exact(engine, losses, list(model.parameters()))
+
+
+def test_linear_called_with_a_keyword_input() -> None:
+    """Forward hooks without ``with_kwargs=True`` see positional arguments only: ``lin(input=x)``
+    records ``args == ()`` and the Linear rule fails with IndexError."""
+    torch.manual_seed(0)
+    linear = nn.Linear(3, 2).to(_F64)
+    engine = Engine(linear, batch_dim=0)
+    losses = (linear(input=_randn(_B, 3)) ** 2).sum(dim=1)
+    _assert_exact(engine, losses, list(linear.parameters()))
+
+
+def test_input_modified_in_place_after_the_forward() -> None:
+    """Only the outputs' versions are checked: a hooked module's input modified in place after
+    the forward is used as is, giving a wrong Gramian where autograd itself would raise."""
+    torch.manual_seed(0)
+    linear = nn.Linear(3, 2).to(_F64)
+    engine = Engine(linear, batch_dim=0)
+    x = _randn(_B, 3)
+    losses = (linear(x) ** 2).sum(dim=1)
+    x.mul_(2)
+    with pytest.raises(RuntimeError, match="in place"):
+        engine.compute_gramian(losses)
+
+
+# ------------------------------------------------------------------------ 8. weights
+@pytest.mark.parametrize("shape", [(_B + 3,), (_B, 2)])
+def test_accumulate_grads_with_weights_of_the_wrong_shape(shape: tuple[int, ...]) -> None:
+    """``weights.reshape(-1)[order]`` silently picks entries from any weights with at least as
+    many entries as losses: no shape check."""
+    torch.manual_seed(0)
+    linear = nn.Linear(3, 2).to(_F64)
+    engine = Engine(linear, batch_dim=0)
+    losses = (linear(_randn(_B, 3)) ** 2).sum(dim=1)
+    engine.compute_gramian(losses)
+    with pytest.raises(ValueError, match="weights"):
+        engine.accumulate_grads(torch.ones(shape, dtype=_F64))
+    assert all(p.grad is None for p in linear.parameters())

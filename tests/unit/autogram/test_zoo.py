@@ -1,0 +1,84 @@
+"""Every architecture of the zoo × every loss setting, against the row-by-row reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jdopt.autogram import Engine
+from tests.utils.architectures import ARCHITECTURES, Architecture, trainable_parameters
+
+from ._reference import (
+    TOLERANCE,
+    accumulated_grads,
+    flat,
+    reference_gramian,
+    reference_weighted_gradient,
+    relative_error,
+)
+from ._settings import PER_SAMPLE, SETTINGS, Setting
+
+_ARCHITECTURES = pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: a.name)
+_SETTINGS = pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+
+
+def test_the_zoo_is_large_and_named_uniquely() -> None:
+    names = [arch.name for arch in ARCHITECTURES]
+    assert len(names) >= 20
+    assert len(set(names)) == len(names)
+
+
+@_ARCHITECTURES
+@_SETTINGS
+def test_gramian_matches_reference(arch: Architecture, setting: Setting) -> None:
+    model, inputs = arch.make()
+    engine = Engine(model, batch_dim=setting.batch_dim)
+    losses = setting.losses(arch.outputs(model, inputs))
+    assert losses.shape == setting.shape(inputs[0].shape[0])
+
+    gramian = engine.compute_gramian(losses)
+
+    expected = reference_gramian(losses, trainable_parameters(model))
+    shape = (*losses.shape, *reversed(losses.shape))
+    assert gramian.shape == shape
+    assert gramian.dtype == torch.float64
+    assert relative_error(gramian, expected) <= TOLERANCE
+
+
+@_ARCHITECTURES
+@_SETTINGS
+def test_accumulate_grads_matches_reference(arch: Architecture, setting: Setting) -> None:
+    model, inputs = arch.make()
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    params = trainable_parameters(model)
+    engine = Engine(model, batch_dim=setting.batch_dim)
+    losses = setting.losses(arch.outputs(model, inputs))
+    weights = torch.rand(
+        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(3)
+    )
+    engine.compute_gramian(losses)
+    expected = reference_weighted_gradient(losses, weights, params)
+
+    engine.accumulate_grads(weights)
+
+    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
+    assert all(p.grad is None for p in frozen)
+
+
+@_ARCHITECTURES
+def test_accumulate_grads_adds_to_existing_grads(arch: Architecture) -> None:
+    model, inputs = arch.make()
+    params = trainable_parameters(model)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    engine = Engine(model, batch_dim=0)
+    losses = PER_SAMPLE.losses(arch.outputs(model, inputs))
+    weights = torch.randn(
+        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(4)
+    )
+    engine.compute_gramian(losses)
+    expected = [g + 1 for g in reference_weighted_gradient(losses, weights, params)]
+
+    engine.accumulate_grads(weights)
+
+    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
