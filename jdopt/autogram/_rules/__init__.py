@@ -14,7 +14,7 @@ from torch import nn
 from ._base import Rule, Use
 from ._conv import ConvRule
 from ._embedding import make_embedding_rule
-from ._fallback import FallbackRule
+from ._fallback import AttentionRule, FallbackRule
 from ._linear import LinearRule
 from ._norm import norm_rules
 
@@ -25,6 +25,7 @@ REGISTRY: dict[type[nn.Module], Factory] = {
     nn.Conv1d: ConvRule,
     nn.Conv2d: ConvRule,
     nn.Embedding: make_embedding_rule,
+    nn.MultiheadAttention: AttentionRule,
     **norm_rules(),
 }
 
@@ -38,12 +39,7 @@ def make_rule(module: nn.Module, names: Sequence[str]) -> Rule:
     # Exact types only: a subclass may override forward, and then only the fallback is exact.
     factory = REGISTRY.get(type(module))
     rule = None if factory is None else factory(module, names)
-    if rule is not None:
-        return rule
-    batch_axis = 0
-    if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
-        batch_axis = 1
-    return FallbackRule(module, names, batch_axis=batch_axis)
+    return rule if rule is not None else FallbackRule(module, names)
 
 
-__all__ = ["REGISTRY", "FallbackRule", "Rule", "Use", "make_rule", "register_rule"]
+__all__ = ["REGISTRY", "AttentionRule", "FallbackRule", "Rule", "Use", "make_rule", "register_rule"]

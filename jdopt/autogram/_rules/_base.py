@@ -33,9 +33,15 @@ class Rule(ABC):
         names: the names of its direct trainable parameters covered by this rule.
     """
 
+    from_losses = False  # True: the engine computes this rule's gradients from the losses
+
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
         self.module = module
         self.names = list(names)
+
+    def exact_for(self, uses: Sequence[Use]) -> bool:
+        """Whether this rule's formulas are exact for these calls (else: the fallback)."""
+        return True
 
     def param(self, name: str) -> nn.Parameter:
         return self.module.get_parameter(name)

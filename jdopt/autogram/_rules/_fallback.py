@@ -1,10 +1,15 @@
-"""Any module with direct parameters: per-objective gradients by a batched VJP.
+"""Modules without a closed-form rule.
 
-Exact for every module that treats samples independently, with no second forward pass: the
-output gradient of each objective (masked to its sample) is back-propagated through the
-module's own recorded graph to its parameters, all objectives at once with
-``is_grads_batched``. Slower than the closed-form rules (``R`` backward passes through the
-module, vectorised), and documented as such.
+``FallbackRule``: any module with direct parameters. The engine differentiates the losses
+themselves with respect to its parameters, all objectives at once (one backward pass batched
+over the objectives with ``is_grads_batched``). Exact whatever the module does — nested or
+dict outputs, recurrent states, several calls in sequence — and slower than a closed form:
+documented as such.
+
+``AttentionRule``: ``nn.MultiheadAttention``. Each objective's output gradient, masked to its
+sample, is back-propagated through the module's own recorded graph only, all objectives at
+once: per-sample gradients without touching the rest of the model. Used for a single call per
+step; several calls go to the exact fallback (a call's graph would include the earlier ones).
 """
 
 from __future__ import annotations
@@ -19,9 +24,21 @@ from ._base import Rule, Use
 
 
 class FallbackRule(Rule):
-    def __init__(self, module: nn.Module, names: Sequence[str], batch_axis: int = 0) -> None:
+    """Per-objective gradients come from the losses (computed by the engine)."""
+
+    from_losses = True
+
+    def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
+        raise RuntimeError("The engine computes the fallback's gradients from the losses.")
+
+
+class AttentionRule(Rule):
+    def __init__(self, module: nn.MultiheadAttention, names: Sequence[str]) -> None:
         super().__init__(module, names)
-        self.batch_axis = batch_axis
+        self.batch_axis = 0 if module.batch_first else 1
+
+    def exact_for(self, uses: Sequence[Use]) -> bool:
+        return len(uses) == 1
 
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
         return self._per_objective(uses, layout)[name]
@@ -32,72 +49,56 @@ class FallbackRule(Rule):
         return flat @ flat.T
 
     def _per_objective(self, uses: Sequence[Use], layout: Layout) -> dict[str, Tensor]:
+        (use,) = uses
         params = [self.param(name) for name in self.names]
-        total: dict[str, Tensor] = {}
-        for use in uses:
-            outputs, cotangents = self._cotangents(use, layout)
-            if not outputs:
-                continue
-            grads = torch.autograd.grad(
-                outputs,
-                params,
-                cotangents,
-                retain_graph=True,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-            for name, grad in zip(self.names, grads, strict=True):
-                if grad is not None:
-                    flat = grad.reshape(grad.shape[0], -1)
-                    total[name] = total[name] + flat if name in total else flat
-        r = layout.objectives(self._batch(uses[0]))
-        for name, param in zip(self.names, params, strict=True):
-            total.setdefault(name, param.new_zeros(r, param.numel()))
-        return total
+        outputs, cotangents = self._cotangents(use, layout)
+        grads = torch.autograd.grad(
+            outputs, params, cotangents, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )
+        r = cotangents[0].shape[0]
+        return {
+            name: param.new_zeros(r, param.numel()) if g is None else g.reshape(r, -1)
+            for name, param, g in zip(self.names, params, grads, strict=True)
+        }
+
+    def _axis(self, output_index: int) -> int:
+        # Output 0 is the attention output; output 1 the attention weights, batch first.
+        return self.batch_axis if output_index == 0 else 0
 
     def _cotangents(self, use: Use, layout: Layout) -> tuple[list[Tensor], list[Tensor]]:
         """Each output's gradient split into one masked copy per objective: ``[R, *shape]``."""
         outputs, cotangents = [], []
-        for output, grad in zip(use.outputs, use.grads, strict=True):
+        for index, (output, grad) in enumerate(zip(use.outputs, use.grads, strict=True)):
             if grad is None:
                 continue
             if layout.per_sample:
-                grad = grad.movedim(1 + self.batch_axis, 1)
+                axis = self._axis(index)
+                grad = grad.movedim(1 + axis, 1)
                 b = grad.shape[1]
                 eye = torch.eye(b, dtype=grad.dtype, device=grad.device)
-                mask = eye.reshape(1, b, b, *([1] * (grad.ndim - 2)))
-                grad = (grad.unsqueeze(1) * mask).movedim(2, 2 + self.batch_axis)
-                grad = grad.reshape(-1, *output.shape)
+                grad = grad.unsqueeze(1) * eye.reshape(1, b, b, *([1] * (grad.ndim - 2)))
+                grad = grad.movedim(2, 2 + axis).reshape(-1, *output.shape)
             outputs.append(output)
             cotangents.append(grad)
         return outputs, cotangents
 
     def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
+        (use,) = uses
         params = [self.param(name) for name in self.names]
-        total: dict[str, Tensor] = {}
-        for use in uses:
-            outputs, cotangents = [], []
-            for output, grad in zip(use.outputs, use.grads, strict=True):
-                if grad is None:
-                    continue
-                w = weights.reshape(grad.shape[0], -1).to(grad.dtype)  # [S, B']
-                if layout.per_sample:
-                    shape = [w.shape[0]] + [1] * (grad.ndim - 1)
-                    shape[1 + self.batch_axis] = w.shape[1]
-                    cotangent = (grad * w.reshape(shape)).sum(dim=0)
-                else:
-                    cotangent = torch.einsum("s,s...->...", w[:, 0], grad)
-                outputs.append(output)
-                cotangents.append(cotangent)
-            if not outputs:
+        outputs, cotangents = [], []
+        for index, (output, grad) in enumerate(zip(use.outputs, use.grads, strict=True)):
+            if grad is None:
                 continue
-            grads = torch.autograd.grad(
-                outputs, params, cotangents, retain_graph=True, allow_unused=True
-            )
-            for name, grad in zip(self.names, grads, strict=True):
-                if grad is not None:
-                    total[name] = total[name] + grad if name in total else grad
-        return total
-
-    def _batch(self, use: Use) -> int:
-        return use.outputs[0].shape[self.batch_axis]
+            w = weights.reshape(grad.shape[0], -1).to(grad.dtype)  # [S, B']
+            if layout.per_sample:
+                shape = [w.shape[0]] + [1] * (grad.ndim - 1)
+                shape[1 + self._axis(index)] = w.shape[1]
+                cotangent = (grad * w.reshape(shape)).sum(dim=0)
+            else:
+                cotangent = torch.einsum("s,s...->...", w[:, 0], grad)
+            outputs.append(output)
+            cotangents.append(cotangent)
+        grads = torch.autograd.grad(
+            outputs, params, cotangents, retain_graph=True, allow_unused=True
+        )
+        return {n: g for n, g in zip(self.names, grads, strict=True) if g is not None}

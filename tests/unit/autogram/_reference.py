@@ -19,6 +19,8 @@ def reference_gramian(losses: Tensor, params: Sequence[Tensor]) -> Tensor:
     shape = losses.shape
     k = len(shape)
     full = (jacobian @ jacobian.T).reshape(tuple(shape) * 2)
+    if k == 0:
+        return full.reshape(())
     return full.permute(*range(k), *reversed(range(k, 2 * k)))
 
 

@@ -42,9 +42,10 @@ class Setting:
 PER_SAMPLE = Setting("B", 0, lambda out: per_sample(out).sum(dim=1), lambda b: (b,))
 SCALAR = Setting("scalar", None, lambda out: across_samples(out).sum(), lambda b: ())
 
-# The settings every architecture must support (the scalar one is in test_found_bugs.py).
+# The settings every architecture must support.
 SETTINGS = [
     PER_SAMPLE,
+    SCALAR,
     Setting("B_k", 0, per_sample, lambda b: (b, 3)),
     Setting("k_B", 1, lambda out: per_sample(out).T, lambda b: (3, b)),
     Setting("m", None, across_samples, lambda b: (4,)),

@@ -1,0 +1,86 @@
+"""Set-ups the engine refuses, each with the reason and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from ._rules import Rule, Use
+
+_CROSS_SAMPLE = (nn.modules.batchnorm._BatchNorm,)
+
+
+def check_modules(modules: Sequence[nn.Module], batch_dim: int | None) -> None:
+    if not modules:
+        raise ValueError("Engine needs at least one module: Engine(model, batch_dim=0).")
+    for module in modules:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"Engine takes nn.Module objects. Found {type(module).__name__}.")
+    for i, a in enumerate(modules):
+        for j, b in enumerate(modules):
+            if i != j and any(m is b for m in a.modules()):
+                raise ValueError(
+                    f"The modules given to Engine must not contain each other: "
+                    f"{type(b).__name__} is inside {type(a).__name__}. Give only the outer one."
+                )
+    if batch_dim is not None and (not isinstance(batch_dim, int) or isinstance(batch_dim, bool)):
+        raise TypeError(f"`batch_dim` should be an int or None. Found {batch_dim!r}.")
+    if batch_dim is None:
+        return
+    for module in modules:
+        for name, sub in module.named_modules():
+            if isinstance(sub, _CROSS_SAMPLE):
+                raise ValueError(
+                    f"{type(sub).__name__} ({name or 'the module itself'}) mixes the samples of "
+                    "a batch, so per-sample gradients (batch_dim=0) are not defined. Replace it "
+                    "with GroupNorm or LayerNorm, or use batch_dim=None."
+                )
+
+
+def check_untracked_uses(
+    losses: Tensor, rules: Sequence[Rule], uses: dict[int, list[Use]], fallback: dict
+) -> None:
+    """Refuses a closed-form parameter that the graph uses more often than the hooked calls do
+    (a weight tied to a module outside the engine), which would make its Gramian wrong.
+
+    Every call of a closed-form layer references its parameter from one node of the graph; a
+    walk of the graph counts those references. Run on the first ``compute_gramian`` only.
+    """
+    calls: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for rule in rules:
+        for name in rule.names:
+            key = id(rule.param(name))
+            if key not in fallback:
+                calls[key] = calls.get(key, 0) + len(uses[id(rule)])
+                names[key] = f"{name!r} of {type(rule.module).__name__}"
+    references = _references(losses, set(calls))
+    for key, count in references.items():
+        if count > calls[key]:
+            raise ValueError(
+                f"The parameter {names[key]} is used {count} times by the losses but only "
+                f"{calls[key]} time(s) by the hooked modules: it is tied to a module outside "
+                "the engine. Give the engine every module that uses it (e.g. Engine(model))."
+            )
+
+
+def _references(losses: Tensor, keys: set[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    seen: set[object] = set()
+    stack = [losses.grad_fn] if losses.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for next_node, _ in node.next_functions:
+            if next_node is None:
+                continue
+            variable = getattr(next_node, "variable", None)
+            if variable is not None:
+                if id(variable) in keys:
+                    counts[id(variable)] = counts.get(id(variable), 0) + 1
+            else:
+                stack.append(next_node)
+    return counts
