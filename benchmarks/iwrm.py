@@ -12,6 +12,7 @@ UPGrad is timed on the same work.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from _memory import measure_in_subprocess, peak_growth_bytes
 from _timing import interleaved_medians
 
 from jdopt import JDOptimizer
-from jdopt.aggregation import Mean
+from jdopt.aggregation import Mean, UPGrad
 
 
 def mlp() -> nn.Module:
@@ -47,30 +48,36 @@ MODELS = {"mlp": mlp, "cnn": cnn}
 
 
 def make_steps(name: str, batch: int, device: str) -> dict:
+    """One step function per variant, each on its own copy of the same model."""
     torch.manual_seed(0)
     model = MODELS[name]().to(device)
     x = torch.randn(batch, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    plain = torch.optim.SGD(model.parameters(), lr=1e-3)
-    upgrad = JDOptimizer(torch.optim.SGD(model.parameters(), lr=1e-3), model=model, batch_dim=0)
-    mean = JDOptimizer(
-        torch.optim.SGD(model.parameters(), lr=1e-3), aggregator=Mean(), model=model, batch_dim=0
-    )
+    plain_model = copy.deepcopy(model)
+    plain = torch.optim.SGD(plain_model.parameters(), lr=1e-3)
 
     def plain_step() -> None:
         plain.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(plain_model(x), y).backward()
         plain.step()
 
-    def jd_step(jd: JDOptimizer):
+    def jd_step(aggregator):
+        jd_model = copy.deepcopy(model)
+        jd = JDOptimizer(
+            torch.optim.SGD(jd_model.parameters(), lr=1e-3),
+            aggregator=aggregator,
+            model=jd_model,
+            batch_dim=0,
+        )
+
         def step() -> None:
             jd.zero_grad()
-            jd.step(F.cross_entropy(model(x), y, reduction="none"))
+            jd.step(F.cross_entropy(jd_model(x), y, reduction="none"))
 
         return step
 
-    steps = {"plain": plain_step, "upgrad": jd_step(upgrad), "mean": jd_step(mean)}
-    torchjd = _torchjd_step(model, x, y)
+    steps = {"plain": plain_step, "upgrad": jd_step(UPGrad()), "mean": jd_step(Mean())}
+    torchjd = _torchjd_step(copy.deepcopy(model), x, y)
     if torchjd is not None:
         steps["torchjd"] = torchjd
     return steps

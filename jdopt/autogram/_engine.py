@@ -65,6 +65,7 @@ class Engine:
         self._handles: list[RemovableHandle] = []
         self._last: _Step | None = None
         self._checked_ties = False
+        self._plans: dict[tuple, tuple[Layout, Tensor, Tensor]] = {}
         for module, names in parameter_owners(modules):
             rule = make_rule(module, names)
             self._rules.append(rule)
@@ -120,21 +121,31 @@ class Engine:
             check_untracked_uses(losses, self._rules, uses, fallback)
             self._checked_ties = True
         from_losses = self._grads_from_losses(losses, fallback, order)
-        r = len(order)
-        gramian = losses.new_zeros(r, r, dtype=self._dtype(losses))
+        parts = []
         for rule in self._rules:
             own = [n for n in rule.names if self._is_own(rule, n, fallback)]
             if own and uses[id(rule)]:
-                gramian = gramian + rule.gramian(uses[id(rule)], own, layout)
-        gramian = gramian + self._tied_gramian(uses, layout, fallback)
-        for grads in from_losses.values():
-            gramian = gramian + grads @ grads.T
+                parts.append(rule.gramian(uses[id(rule)], own, layout))
+        parts.extend(self._tied_gramians(uses, layout, fallback))
+        parts.extend(grads @ grads.T for grads in from_losses.values())
+        r = len(order)
+        gramian = parts[0] if parts else losses.new_zeros(r, r, dtype=self._dtype(losses))
+        for part in parts[1:]:
+            gramian += part  # parts are fresh tensors of the rules: adding in place is safe
         self._last = _Step(layout, uses, order, losses.shape, from_losses)
-        inverse = torch.argsort(order)
-        return _generalize(gramian[inverse][:, inverse], losses.shape)
+        if not bool((order[1:] > order[:-1]).all()):  # the losses' order is not (s, b)
+            inverse = torch.argsort(order)
+            gramian = gramian[inverse][:, inverse]
+        return _generalize(gramian, losses.shape)
 
     def _plan(self, losses: Tensor) -> tuple[Layout, Tensor, Tensor]:
         """The slices, the order of the objectives ``(s, b)`` and the slices' cotangents."""
+        key = (losses.shape, losses.dtype, losses.device, self.batch_dim)
+        if key not in self._plans:
+            self._plans = {key: self._make_plan(losses)}  # one entry: shapes rarely change
+        return self._plans[key]
+
+    def _make_plan(self, losses: Tensor) -> tuple[Layout, Tensor, Tensor]:
         shape = losses.shape
         index = torch.arange(losses.numel(), device=losses.device).reshape(shape)
         if self.batch_dim is None:
@@ -254,11 +265,11 @@ class Engine:
                 "inputs' first dimension; otherwise use batch_dim=None."
             )
 
-    def _tied_gramian(
+    def _tied_gramians(
         self, uses: dict[int, list[Use]], layout: Layout, fallback: dict[int, nn.Parameter]
-    ) -> Tensor | int:
+    ) -> list[Tensor]:
         """Parameters used by several closed-form modules: sum their gradients first."""
-        total: Tensor | int = 0
+        parts = []
         for key, owners in self._owners.items():
             if len(owners) == 1 or key in fallback:
                 continue
@@ -269,8 +280,8 @@ class Engine:
             ]
             if grads:
                 summed = torch.stack(grads).sum(dim=0)
-                total = total + summed @ summed.T
-        return total
+                parts.append(summed @ summed.T)
+        return parts
 
     def _dtype(self, losses: Tensor) -> torch.dtype:
         return self._rules[0].param(self._rules[0].names[0]).dtype if self._rules else losses.dtype

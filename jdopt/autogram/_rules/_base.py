@@ -23,6 +23,7 @@ class Use:
     outputs: list[Tensor]
     versions: list[int]
     grads: list[Tensor | None] = field(default_factory=list)  # [S, *output.shape] each
+    cache: dict = field(default_factory=dict)  # what rules derive from the call, computed once
 
 
 class Rule(ABC):

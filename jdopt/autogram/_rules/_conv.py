@@ -5,44 +5,41 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_weight
 
 from .._layout import Layout
 from ._base import Rule, Use
-from ._factors import (
-    factor_gramian,
-    per_objective_factors,
-    position_sums,
-    weighted_factors,
-    weighted_sum,
-)
+from ._factors import factor_gramian
 
 
 class ConvRule(Rule):
-    """``nn.Conv1d`` / ``nn.Conv2d`` as a Linear layer over unfolded patches.
+    """``nn.Conv1d`` / ``nn.Conv2d`` (Conv1d is a Conv2d on a height-1 image).
 
-    The input is unfolded into patches ``[B, T, C/g · k]`` (``T`` = output positions, stride,
-    padding, dilation and padding modes applied as in the forward pass); the weight gradient of
-    group ``g`` is ``Σ_t dY_g[t] ⊗ patch_g[t]``.
+    Per-sample weight gradients come from one grouped-convolution weight gradient, the
+    samples (and slices) acting as groups — or, for layers with few input channels (where
+    grouped kernels are slow), from the Linear formula on unfolded patches. The weighted
+    gradient is one ordinary convolution weight gradient. Stride, padding (including
+    ``'same'`` and padding modes), dilation and groups are those of the forward pass.
     """
 
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
         super().__init__(module, names)
         self.two_d = isinstance(module, nn.Conv2d)
+        m = module
+        self.kernel, self.dilation, self.stride = (
+            _two(v, 1) for v in (m.kernel_size, m.dilation, m.stride)
+        )
+        self.unfold = m.in_channels // m.groups < 8
 
-    def factors(self, uses: Sequence[Use], layout: Layout) -> list[tuple[Tensor, Tensor]]:
-        """Per group: patches ``[B, T, c·k]`` and output gradients ``[S, B, T, o/g]``."""
-        groups = self.module.groups
-        per_use = [self._use_factors(use, layout) for use in uses]
-        xs = [torch.cat([x[g] for x, _ in per_use], dim=1) for g in range(groups)]
-        dys = [torch.cat([dy[g] for _, dy in per_use], dim=2) for g in range(groups)]
-        return list(zip(xs, dys, strict=True))
-
-    def _use_factors(self, use: Use, layout: Layout) -> tuple[list[Tensor], list[Tensor]]:
+    def _prepared(self, use: Use, layout: Layout) -> tuple[Tensor, tuple[int, int], Tensor]:
+        """The padded input ``[B·N, C, H, W]``, the padding left to apply, and the output
+        gradients ``[S, B, N, O, H', W']``."""
+        if "conv" in use.cache:
+            return use.cache["conv"]
         m = self.module
         dtype = m.weight.dtype
         x = layout.rows(use.args[0]).to(dtype)  # [B, N, C, *spatial]
-        b, n = x.shape[:2]
-        x = x.reshape(b * n, *x.shape[2:])
+        x = x.reshape(-1, *x.shape[2:])
         padding = m.padding
         if m.padding_mode != "zeros" or m.padding == "same":
             # Pad exactly as the forward pass did (for 'same', the extra pixel goes last).
@@ -51,44 +48,80 @@ class ConvRule(Rule):
             padding = (0,) * len(m.kernel_size)
         elif m.padding == "valid":
             padding = (0,) * len(m.kernel_size)
-        if not self.two_d:
-            x = x.unsqueeze(2)
-        kernel, dilation, stride = (_two(v, 1) for v in (m.kernel_size, m.dilation, m.stride))
-        padding = _two(padding, 0)
-        patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-        patches = patches.transpose(1, 2).reshape(b, -1, patches.shape[1])  # [B, N·T, C·k]
         dy = layout.grad_rows(use.grads[0]).to(dtype)  # [S, B, N, O, *spatial]
-        s = dy.shape[0]
-        dy = dy.reshape(s, b, n, dy.shape[3], -1).transpose(3, 4).reshape(s, b, -1, dy.shape[3])
-        xs = patches.chunk(m.groups, dim=2)
-        dys = dy.chunk(m.groups, dim=3)
-        return list(xs), list(dys)
-
-    def gramian(self, uses: Sequence[Use], names: Sequence[str], layout: Layout) -> Tensor:
-        total = 0
-        for x, dy in self.factors(uses, layout):
-            if "weight" in names:
-                total = total + factor_gramian(x, dy)
-            if "bias" in names:
-                bias = position_sums(dy)
-                total = total + bias @ bias.T
-        return total
+        if not self.two_d:
+            x, dy = x.unsqueeze(2), dy.unsqueeze(4)
+        use.cache["conv"] = (x, _two(padding, 0), dy)
+        return use.cache["conv"]
 
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
-        factors = self.factors(uses, layout)
-        if name == "bias":
-            return torch.cat([position_sums(dy) for _, dy in factors], dim=1)
-        return torch.cat([per_objective_factors(x, dy) for x, dy in factors], dim=1)
+        parts = [
+            self._bias_grads(use, layout) if name == "bias" else self._weight_grads(use, layout)
+            for use in uses
+        ]
+        return parts[0] if len(parts) == 1 else torch.stack(parts).sum(dim=0)
+
+    def _bias_grads(self, use: Use, layout: Layout) -> Tensor:
+        dy = self._prepared(use, layout)[2]
+        s, b, _n, o = dy.shape[:4]
+        return dy.sum(dim=(2, 4, 5)).reshape(s * b, o)
+
+    def _weight_grads(self, use: Use, layout: Layout) -> Tensor:
+        """``[R, numel]``: one grouped weight gradient, a group per (row, group, slice)."""
+        x, padding, dy = self._prepared(use, layout)
+        s, b, n, o = dy.shape[:4]
+        g = self.module.groups
+        x = x.reshape(b, n, *x.shape[1:]).transpose(0, 1).reshape(n, -1, *x.shape[2:])
+        dy = dy.reshape(s, b, n, g, o // g, *dy.shape[4:]).permute(2, 1, 3, 0, 4, 5, 6)
+        dy = dy.reshape(n, -1, *dy.shape[-2:])
+        shape = (b * g * s * (o // g), x.shape[1] // (b * g), *self.kernel)
+        grads = conv2d_weight(x, shape, dy, self.stride, padding, self.dilation, b * g)
+        grads = grads.reshape(b, g, s, o // g, -1).permute(2, 0, 1, 3, 4)
+        return grads.reshape(s * b, -1)
+
+    def _patches(self, use: Use, layout: Layout) -> tuple[list[Tensor], list[Tensor]]:
+        """Per group: patches ``[B, N·T, c·k]`` and output gradients ``[S, B, N·T, o/g]``."""
+        x, padding, dy = self._prepared(use, layout)
+        s, b, n, o = dy.shape[:4]
+        patches = F.unfold(x, self.kernel, self.dilation, padding, self.stride)
+        patches = patches.transpose(1, 2).reshape(b, -1, patches.shape[1])
+        dy = dy.reshape(s, b, n, o, -1).transpose(3, 4).reshape(s, b, -1, o)
+        return list(patches.chunk(self.module.groups, dim=2)), list(
+            dy.chunk(self.module.groups, dim=3)
+        )
+
+    def gramian(self, uses: Sequence[Use], names: Sequence[str], layout: Layout) -> Tensor:
+        weight, bias = "weight" in names, "bias" in names
+        if not self.unfold or not weight:
+            return super().gramian(uses, names, layout)
+        parts = []
+        for use in uses:
+            xs, dys = self._patches(use, layout)
+            parts += [
+                factor_gramian(x, dy, weight=True, bias=bias) for x, dy in zip(xs, dys, strict=True)
+            ]
+        if len(uses) > 1:  # several calls: the per-call sums must be added before squaring
+            return super().gramian(uses, names, layout)
+        return parts[0] if len(parts) == 1 else torch.stack(parts).sum(dim=0)
 
     def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
-        factors = self.factors(uses, layout)
-        w = weights.reshape(factors[0][1].shape[:2]).to(factors[0][1].dtype)
-        grads = {}
-        if "weight" in self.names:
-            blocks = [weighted_factors(x, dy, w) for x, dy in factors]
-            grads["weight"] = torch.cat(blocks, dim=0).reshape(self.module.weight.shape)
-        if "bias" in self.names:
-            grads["bias"] = torch.cat([weighted_sum(dy, w) for _, dy in factors])
+        m = self.module
+        grads: dict[str, Tensor] = {}
+        for use in uses:
+            x, padding, dy = self._prepared(use, layout)
+            combined = torch.einsum(
+                "sb,sbn...->bn...", weights.reshape(dy.shape[:2]).to(dy.dtype), dy
+            )
+            combined = combined.reshape(-1, *combined.shape[2:])
+            shape = (m.out_channels, m.in_channels // m.groups, *self.kernel)
+            found = {
+                "weight": conv2d_weight(
+                    x, shape, combined, self.stride, padding, self.dilation, m.groups
+                ).reshape(m.weight.shape),
+                "bias": combined.sum(dim=(0, 2, 3)),
+            }
+            for name in self.names:
+                grads[name] = grads[name] + found[name] if name in grads else found[name]
         return grads
 
 

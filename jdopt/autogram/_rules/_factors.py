@@ -1,7 +1,8 @@
 """Gramians of Linear-like gradients ``Σ_t dY[t] ⊗ X[t]`` from their factors.
 
 ``x``: ``[B, T, i]`` inputs, ``dy``: ``[S, B, T, o]`` output gradients; objectives
-``r = (s, b)``, ``R = S·B``. The gradient of objective ``r`` is ``Σ_t dy[s, b, t] ⊗ x[b, t]``.
+``r = (s, b)``, ``R = S·B``. The gradient of objective ``r`` with respect to the weight is
+``Σ_t dy[s, b, t] ⊗ x[b, t]``, and with respect to the bias ``Σ_t dy[s, b, t]``.
 """
 
 from __future__ import annotations
@@ -10,46 +11,60 @@ import torch
 from torch import Tensor
 
 
-def factor_gramian(x: Tensor, dy: Tensor) -> Tensor:
-    """``G[r, r'] = ⟨Σ_t dy[r,t] ⊗ x[b,t], Σ_t' dy[r',t'] ⊗ x[b',t']⟩``, ``[R, R]``.
+def factor_gramian(x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = False) -> Tensor:
+    """The Gramian ``[R, R]`` of the weight's (and/or the bias') per-objective gradients.
 
-    Picks the cheaper of two exact forms: inner products of the factors
-    (``O(R²T²o + B²T²i)``) or materialised per-objective gradients (``O(RTio + R²io)``).
+    Picks the cheapest exact form: for one position, ``(x xᵀ + 1) ⊙ (dy dyᵀ)``; otherwise
+    inner products of the factors (``O(R²T²o + B²T²i)``) or materialised per-objective
+    gradients (``O(RTio + R²io)``), whichever costs fewer operations.
     """
     s, b, t, o = dy.shape
     i = x.shape[-1]
     r = s * b
-    if t == 1:  # (x xᵀ) ⊙ (dy dyᵀ): the common MLP case
-        kx = x[:, 0] @ x[:, 0].T
+    if t == 1:
         d = dy.reshape(r, o)
-        return (d @ d.T) * kx.repeat(s, s)
-    inner_cost = (r * t) ** 2 * o + (b * t) ** 2 * i + (r * t) ** 2
-    materialise_cost = r * t * o * i + r * r * o * i
-    if materialise_cost < inner_cost:
-        grads = per_objective_factors(x, dy)
-        return grads @ grads.T
-    kx = (x.reshape(b * t, i) @ x.reshape(b * t, i).T).reshape(b, t, b, t)
-    d = dy.reshape(r * t, o)
-    kd = (d @ d.T).reshape(s, b, t, s, b, t)
-    return torch.einsum("sbtucv,btcv->sbuc", kd, kx).reshape(r, r)
+        kd = d @ d.T
+        if not weight:
+            return kd
+        kx = x.reshape(b, i) @ x.reshape(b, i).T
+        if bias:
+            kx = kx + 1
+        return kd * (kx if s == 1 else kx.repeat(s, s))
+    total = 0
+    if weight:
+        inner_cost = (r * t) ** 2 * o + (b * t) ** 2 * i + (r * t) ** 2
+        materialise_cost = r * t * o * i + r * r * o * i
+        if materialise_cost < inner_cost:
+            grads = per_objective_factors(x, dy)
+            total = grads @ grads.T
+        else:
+            kx = (x.reshape(b * t, i) @ x.reshape(b * t, i).T).reshape(b, t, b, t)
+            d = dy.reshape(r * t, o)
+            kd = (d @ d.T).reshape(s, b, t, s, b, t)
+            total = torch.einsum("sbtucv,btcv->sbuc", kd, kx).reshape(r, r)
+    if bias:
+        sums = position_sums(dy)
+        total = total + sums @ sums.T
+    return total
 
 
 def per_objective_factors(x: Tensor, dy: Tensor) -> Tensor:
-    """The per-objective gradients ``[R, o·i]``."""
+    """The per-objective weight gradients ``[R, o·i]``."""
     s, b = dy.shape[:2]
     return torch.einsum("sbto,bti->sboi", dy, x).reshape(s * b, -1)
 
 
-def weighted_factors(x: Tensor, dy: Tensor, weights: Tensor) -> Tensor:
-    """``Σ_r weights[r] · gradient_r`` as an ``[o, i]`` matrix; ``weights``: ``[S, B]``."""
-    weighted_dy = torch.einsum("sb,sbto->bto", weights, dy)
-    o, i = dy.shape[-1], x.shape[-1]
-    return weighted_dy.reshape(-1, o).T @ x.reshape(-1, i)
+def weighted_dy(dy: Tensor, weights: Tensor) -> Tensor:
+    """``Σ_s weights[s, b] · dy[s, b]``: ``[B, T, o]``."""
+    if dy.shape[0] == 1:
+        return dy[0] * weights[0].reshape(-1, 1, 1)
+    return torch.einsum("sb,sbto->bto", weights, dy)
 
 
-def weighted_sum(dy: Tensor, weights: Tensor) -> Tensor:
-    """``Σ_{s,b,t} weights[s, b] · dy[s, b, t]`` — a bias gradient, ``[o]``."""
-    return torch.einsum("sb,sbto->o", weights, dy)
+def weighted_factors(x: Tensor, combined_dy: Tensor) -> Tensor:
+    """``Σ_r weights[r] · gradient_r`` as an ``[o, i]`` matrix, from ``weighted_dy``."""
+    o, i = combined_dy.shape[-1], x.shape[-1]
+    return combined_dy.reshape(-1, o).T @ x.reshape(-1, i)
 
 
 def position_sums(dy: Tensor) -> Tensor:

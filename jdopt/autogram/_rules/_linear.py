@@ -11,8 +11,8 @@ from ._factors import (
     factor_gramian,
     per_objective_factors,
     position_sums,
+    weighted_dy,
     weighted_factors,
-    weighted_sum,
 )
 
 
@@ -35,11 +35,7 @@ class LinearRule(Rule):
 
     def gramian(self, uses: Sequence[Use], names: Sequence[str], layout: Layout) -> Tensor:
         x, dy = self.factors(uses, layout)
-        total = factor_gramian(x, dy) if "weight" in names else 0
-        if "bias" in names:
-            bias = position_sums(dy)
-            total = total + bias @ bias.T
-        return total
+        return factor_gramian(x, dy, weight="weight" in names, bias="bias" in names)
 
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
         x, dy = self.factors(uses, layout)
@@ -47,10 +43,10 @@ class LinearRule(Rule):
 
     def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
         x, dy = self.factors(uses, layout)
-        w = weights.reshape(dy.shape[:2]).to(dy.dtype)
+        combined = weighted_dy(dy, weights.reshape(dy.shape[:2]).to(dy.dtype))
         grads = {}
         if "weight" in self.names:
-            grads["weight"] = weighted_factors(x, dy, w)
+            grads["weight"] = weighted_factors(x, combined)
         if "bias" in self.names:
-            grads["bias"] = weighted_sum(dy, w)
+            grads["bias"] = combined.sum(dim=(0, 1))
         return grads
