@@ -91,17 +91,12 @@ class ConvRule(Rule):
         )
 
     def gramian(self, uses: Sequence[Use], names: Sequence[str], layout: Layout) -> Tensor:
-        weight, bias = "weight" in names, "bias" in names
-        if not self.unfold or not weight:
+        if not self.unfold or "weight" not in names or len(uses) > 1:
+            # Per-objective gradients (several calls must be summed before squaring).
             return super().gramian(uses, names, layout)
-        parts = []
-        for use in uses:
-            xs, dys = self._patches(use, layout)
-            parts += [
-                factor_gramian(x, dy, weight=True, bias=bias) for x, dy in zip(xs, dys, strict=True)
-            ]
-        if len(uses) > 1:  # several calls: the per-call sums must be added before squaring
-            return super().gramian(uses, names, layout)
+        xs, dys = self._patches(uses[0], layout)
+        bias = "bias" in names
+        parts = [factor_gramian(x, dy, bias=bias) for x, dy in zip(xs, dys, strict=True)]
         return parts[0] if len(parts) == 1 else torch.stack(parts).sum(dim=0)
 
     def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:

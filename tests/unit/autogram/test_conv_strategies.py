@@ -1,0 +1,56 @@
+"""Both ways of computing convolution Gramians (unfolded patches for few input channels,
+grouped weight gradients otherwise) against the reference, on every loss setting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from jdopt.autogram import Engine
+from jdopt.autogram._rules._conv import ConvRule
+
+from ._reference import TOLERANCE, reference_gramian, reference_weighted_gradient, relative_error
+from ._settings import SETTINGS, Setting
+
+
+class _Convs(nn.Module):
+    def __init__(self, channels: int, two_d: bool, twice: bool) -> None:
+        super().__init__()
+        conv = nn.Conv2d if two_d else nn.Conv1d
+        self.first = conv(2, 2 * channels, 3, padding=1)
+        self.second = conv(2 * channels, 4, 3, stride=2, dilation=2, groups=2, padding=2)
+        self.twice = twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.first(x))
+        out = self.second(h)
+        if self.twice:
+            out = out + self.second(torch.sin(h))
+        return out.flatten(1)
+
+
+@pytest.mark.parametrize("channels", [2, 8], ids=["unfold", "grouped"])
+@pytest.mark.parametrize("two_d", [True, False], ids=["2d", "1d"])
+@pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+def test_conv_gramian_and_weighted_gradient(
+    channels: int, two_d: bool, twice: bool, setting: Setting
+) -> None:
+    torch.manual_seed(0)
+    model = _Convs(channels, two_d, twice).double()
+    x = torch.randn(3, 2, *((7, 7) if two_d else (9,)), dtype=torch.float64)
+    engine = Engine(model, batch_dim=setting.batch_dim)
+    rules = [r for r in engine._rules if isinstance(r, ConvRule)]
+    assert [r.unfold for r in rules] == [True, channels < 4]
+    losses = setting.losses(model(x))
+    params = list(model.parameters())
+    gramian = engine.compute_gramian(losses)
+    assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
+    weights = torch.rand(
+        losses.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    engine.accumulate_grads(weights)
+    expected = reference_weighted_gradient(losses, weights, params)
+    for param, grad in zip(params, expected, strict=True):
+        assert relative_error(param.grad, grad) <= TOLERANCE
