@@ -121,6 +121,11 @@ class Engine:
             check_untracked_uses(losses, self._rules, uses, fallback)
             self._checked_ties = True
         from_losses = self._grads_from_losses(losses, fallback, order)
+        if not any(uses.values()) and not from_losses:
+            raise ValueError(
+                "The losses depend on none of the hooked modules' calls recorded since the last "
+                "Gramian. Compute the losses with the hooked modules."
+            )
         parts = []
         for rule in self._rules:
             own = [n for n in rule.names if self._is_own(rule, n, fallback)]
