@@ -48,7 +48,12 @@ def check_arguments(
 
 
 def modules_of(model: object) -> list[nn.Module]:
-    """``model`` as a list of modules (empty when it is neither a module nor a list of them)."""
+    """``model`` as a list of modules (empty when it is neither a module nor a list of them).
+
+    A DistributedDataParallel model stands for the module it wraps.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return [model.module]
     if isinstance(model, nn.Module):
         return [model]
     if isinstance(model, Sequence) and model and all(isinstance(m, nn.Module) for m in model):

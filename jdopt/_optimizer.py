@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._arguments import check_arguments, choose_engine, modules_of
+from ._ddp import check_wrapping, is_ddp, sync_grads, take_over_gradient_sync
 from ._delegate import DelegatingOptimizer
 from ._diagnostics import StepInfo, step_info
 from ._linalg import compute_gramian, flatten_generalized
@@ -20,6 +21,7 @@ from .autojac._accumulate import accumulate, add_grad
 from .autojac._backward import compute_jacobian
 from .autojac._graph import reached_leaves
 from .autojac._mtl_backward import check_features, compute_mtl_jacobian
+from .distributed._collectives import all_gather_cat, all_reduce_, broadcast_, is_distributed
 
 
 class JDOptimizer(DelegatingOptimizer):
@@ -91,9 +93,17 @@ class JDOptimizer(DelegatingOptimizer):
         self.scaler = scaler
         self.parallel_chunk_size = parallel_chunk_size
         self.last_step: StepInfo | None = None
+        check_wrapping(model)
+        # Under torch.distributed, a DDP model (or none: the autojac engine on the optimizer's
+        # parameters) means one global step; any other model is trained per process.
+        self._distributed = is_distributed() and (model is None or is_ddp(model))
+        if self._distributed and is_ddp(model):
+            take_over_gradient_sync(model)
         self._gramian_engine = None
         if self.engine == "autogram":
-            self._gramian_engine = Engine(*modules_of(model), batch_dim=batch_dim)
+            self._gramian_engine = Engine(
+                *modules_of(model), batch_dim=batch_dim, distributed=self._distributed
+            )
         self._init_delegation(optimizer, aggregator)
 
     def close(self) -> None:
@@ -149,25 +159,49 @@ class JDOptimizer(DelegatingOptimizer):
             self._backward_mtl(losses, check_features(features), params)
         elif self._gramian_engine is not None:
             self._backward_autogram(losses, params)
+        elif self._distributed:
+            self._backward_autojac_distributed(losses, params)
         else:
             jacobian, used = compute_jacobian(losses, params, False, self.parallel_chunk_size)
             accumulate(self._aggregate(jacobian, losses.shape, "autojac"), used)
 
     def _backward_autogram(self, losses: Tensor, params: list[Tensor]) -> None:
         engine = self._gramian_engine
-        gramian = flatten_generalized(engine.compute_gramian(losses))
+        generalized = engine.compute_gramian(losses)  # of every process's losses, if distributed
+        shape = generalized.shape[: generalized.ndim // 2]
         scale = _scale(self.scaler)
-        weights = self._weights(gramian / scale**2, losses.shape, "autogram")
+        weights = self._weights(flatten_generalized(generalized) / scale**2, shape, "autogram")
         if weights is None:  # non-finite: let the GradScaler skip this step
             for param in params:
                 add_grad(param, torch.full_like(param, torch.nan))
             return
+        if self._distributed:  # identical weights everywhere, whatever the method's randomness
+            broadcast_(weights)
         # The losses carry the scale, so Σ wᵢ ∇(scaled Lᵢ) is already in the scaler's space.
         covered = {id(p) for p in engine.params}
         if all(id(p) in covered for p in params):
             engine.accumulate_grads(weights)
+            return
+        if self._distributed and self.batch_dim is not None:
+            offset = engine.last_offset
+            weights = weights.narrow(self.batch_dim, offset, losses.shape[self.batch_dim])
+        losses.backward(weights.to(losses.dtype))
+        if self._distributed:
+            sync_grads(params, mean=self.batch_dim is None)
+
+    def _backward_autojac_distributed(self, losses: Tensor, params: list[Tensor]) -> None:
+        """The Jacobian of every process's losses: rows gathered (per-sample losses) or
+        averaged (the mean of the processes' losses, as DDP averages gradients)."""
+        jacobian, _ = compute_jacobian(losses, params, False, self.parallel_chunk_size, zeros=True)
+        shape = losses.shape
+        if self.batch_dim is None:
+            all_reduce_([jacobian], mean=True)
         else:
-            losses.backward(weights.to(losses.dtype))
+            rows = jacobian.reshape(*shape, -1).movedim(self.batch_dim, 0)
+            rows = all_gather_cat(rows, 0).movedim(0, self.batch_dim)
+            shape, jacobian = rows.shape[:-1], rows.reshape(-1, jacobian.shape[1])
+        update = broadcast_(self._aggregate(jacobian, shape, "autojac"))
+        accumulate(update, params)
 
     def _backward_mtl(self, losses: Tensor, features: list[Tensor], params: list[Tensor]) -> None:
         upstream = {id(t) for t in reached_leaves(features)}
@@ -176,7 +210,10 @@ class JDOptimizer(DelegatingOptimizer):
         jacobian, used, head_grads = compute_mtl_jacobian(
             losses, features, shared, heads, False, self.parallel_chunk_size
         )
-        accumulate(self._aggregate(jacobian, losses.shape, "autojac-mtl"), used)
+        if self._distributed:  # the mean of the processes' task losses, as DDP would average
+            all_reduce_([jacobian, *(g for _, g in head_grads)], mean=True)
+        update = self._aggregate(jacobian, losses.shape, "autojac-mtl")
+        accumulate(broadcast_(update) if self._distributed else update, used)
         for param, grad in head_grads:
             add_grad(param, grad)
 

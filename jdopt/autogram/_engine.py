@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,9 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .._losses import as_losses
+from ..distributed._collectives import rank, world_size
 from ._checks import check_modules, check_untracked_uses
+from ._distributed import batch_sizes, combine_rows, gathered_uses, reduce_grads
 from ._hooks import check_unmodified, make_hook, parameter_owners
 from ._layout import Layout
 from ._rules import Rule, Use, make_rule
@@ -24,6 +27,8 @@ class _Step:
     order: Tensor  # objective (s, b) ↦ flat index in the losses
     shape: torch.Size
     from_losses: dict[int, Tensor]  # id(param) ↦ per-objective gradients [R, numel]
+    global_shape: torch.Size | None = None  # distributed: the shape of every process's losses
+    offset: int = 0  # distributed, per-sample: where this process's samples start
 
 
 class Engine:
@@ -45,6 +50,11 @@ class Engine:
             losses ``[B]`` or ``[B, k]``), or ``None`` when the losses are not per-sample (e.g.
             one loss per task). With a ``batch_dim``, the hooked modules must treat samples
             independently, with the batch on their inputs' first dimension.
+        distributed: under ``torch.distributed``, take the Gramian over the losses of every
+            process (see :mod:`jdopt.distributed`): each process gets the same global Gramian,
+            of the concatenated per-sample losses (or of the mean of the losses without a
+            batch dimension), and ``accumulate_grads`` takes the global weights and sums the
+            processes' gradients.
 
     Example:
         >>> from torch import nn
@@ -56,9 +66,12 @@ class Engine:
         >>> losses.backward(weights)
     """
 
-    def __init__(self, *modules: nn.Module, batch_dim: int | None) -> None:
+    def __init__(
+        self, *modules: nn.Module, batch_dim: int | None, distributed: bool = False
+    ) -> None:
         check_modules(modules, batch_dim)
         self.batch_dim = batch_dim
+        self.distributed = distributed
         self.modules = list(modules)
         self._rules: list[Rule] = []
         self._uses: dict[int, list[Use]] = {}
@@ -98,6 +111,12 @@ class Engine:
         self.close()
 
     @property
+    def last_offset(self) -> int:
+        """Distributed, per-sample: where this process's samples start in the global batch of
+        the last ``compute_gramian``."""
+        return 0 if self._last is None else self._last.offset
+
+    @property
     def params(self) -> list[nn.Parameter]:
         """The trainable parameters the Gramian is taken over."""
         return [owners[0][0].param(owners[0][1]) for owners in self._owners.values()]
@@ -112,7 +131,7 @@ class Engine:
         ``losses`` is kept, so that ``losses.backward(weights)`` can follow.
         """
         losses = as_losses(losses)
-        layout, order, cotangents = self._plan(losses)
+        layout, order, cotangents = self._plan(losses.shape, losses.dtype, losses.device)
         recorded = {id(rule): list(self._uses[id(rule)]) for rule in self._rules}
         self.clear()
         fallback = self._fallback_params(recorded)
@@ -126,38 +145,92 @@ class Engine:
                 "The losses depend on none of the hooked modules' calls recorded since the last "
                 "Gramian. Compute the losses with the hooked modules."
             )
-        parts = []
-        for rule in self._rules:
-            own = [n for n in rule.names if self._is_own(rule, n, fallback)]
-            if own and uses[id(rule)]:
-                parts.append(rule.gramian(uses[id(rule)], own, layout))
-        parts.extend(self._tied_gramians(uses, layout, fallback))
-        parts.extend(grads @ grads.T for grads in from_losses.values())
-        r = len(order)
-        gramian = parts[0] if parts else losses.new_zeros(r, r, dtype=self._dtype(losses))
-        for part in parts[1:]:
-            gramian += part  # parts are fresh tensors of the rules: adding in place is safe
-        self._last = _Step(layout, uses, order, losses.shape, from_losses)
+        step = _Step(layout, uses, order, losses.shape, from_losses)
+        if self.distributed and world_size() > 1:
+            gramian = self._global_gramian(step, fallback)
+            shape = step.global_shape
+            order = self._plan(shape, losses.dtype, losses.device)[1]
+        else:
+            parts = [
+                rule.gramian(uses[id(rule)], own, layout)
+                for rule, own in self._own_names(uses, fallback)
+            ]
+            parts.extend(self._tied_gramians(uses, layout, fallback))
+            parts.extend(grads @ grads.T for grads in from_losses.values())
+            gramian = _sum(parts)
+            shape = losses.shape
+        self._last = step
         if not bool((order[1:] > order[:-1]).all()):  # the losses' order is not (s, b)
             inverse = torch.argsort(order)
             gramian = gramian[inverse][:, inverse]
-        return _generalize(gramian, losses.shape)
+        return _generalize(gramian, shape)
 
-    def _plan(self, losses: Tensor) -> tuple[Layout, Tensor, Tensor]:
+    def _own_names(
+        self, uses: dict[int, list[Use]], fallback: dict[int, nn.Parameter]
+    ) -> list[tuple[Rule, list[str]]]:
+        """The called rules, each with the parameters only it owns (neither tied nor fallback)."""
+        pairs = []
+        for rule in self._rules:
+            own = [n for n in rule.names if self._is_own(rule, n, fallback)]
+            if own and uses[id(rule)]:
+                pairs.append((rule, own))
+        return pairs
+
+    def _global_gramian(self, step: _Step, fallback: dict[int, nn.Parameter]) -> Tensor:
+        """The Gramian of every process's objectives (see ``_distributed``)."""
+        layout, uses = step.layout, step.uses
+        shape = list(step.shape)
+        if layout.per_sample:
+            sizes = batch_sizes(shape[self.batch_dim], step.order.device)
+            step.offset = sum(sizes[: rank()])
+            shape[self.batch_dim] = sum(sizes)
+        step.global_shape = torch.Size(shape)
+        gathered = gathered_uses(self._rules, uses)
+        scale = 1.0 if layout.per_sample else 1.0 / world_size()
+
+        def rows(rule: Rule, names: list[str]) -> Tensor:
+            if id(rule) in gathered:
+                grads = [rule.per_objective(gathered[id(rule)], n, layout) for n in names]
+                return torch.cat(grads, dim=1) * scale
+            local = torch.cat([rule.per_objective(uses[id(rule)], n, layout) for n in names], 1)
+            return combine_rows(local, layout)
+
+        parts = []
+        for rule, own in self._own_names(uses, fallback):
+            if id(rule) in gathered:
+                parts.append(rule.gramian(gathered[id(rule)], own, layout) * scale**2)
+            else:
+                part = rows(rule, own)
+                parts.append(part @ part.T)
+        for key, owners in self._owners.items():
+            if len(owners) > 1 and key not in fallback:
+                tied = sum(rows(rule, [name]) for rule, name in owners if uses[id(rule)])
+                parts.append(tied @ tied.T)
+        for grads in step.from_losses.values():
+            total = combine_rows(grads, layout)
+            parts.append(total @ total.T)
+        return _sum(parts)
+
+    def _plan(
+        self, shape: torch.Size, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Layout, Tensor, Tensor]:
         """The slices, the order of the objectives ``(s, b)`` and the slices' cotangents."""
-        key = (losses.shape, losses.dtype, losses.device, self.batch_dim)
+        key = (shape, dtype, device, self.batch_dim)
         if key not in self._plans:
-            self._plans = {key: self._make_plan(losses)}  # one entry: shapes rarely change
+            if len(self._plans) > 4:  # shapes rarely change: keep a few
+                self._plans.clear()
+            self._plans[key] = self._make_plan(shape, dtype, device)
         return self._plans[key]
 
-    def _make_plan(self, losses: Tensor) -> tuple[Layout, Tensor, Tensor]:
-        shape = losses.shape
-        index = torch.arange(losses.numel(), device=losses.device).reshape(shape)
+    def _make_plan(
+        self, shape: torch.Size, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Layout, Tensor, Tensor]:
+        numel = math.prod(shape)
+        index = torch.arange(numel, device=device).reshape(shape)
         if self.batch_dim is None:
-            m = losses.numel()
-            eye = torch.eye(m, dtype=losses.dtype, device=losses.device)
-            return Layout(m, per_sample=False), index.reshape(-1), eye.reshape(m, *shape)
-        if losses.ndim == 0 or not -losses.ndim <= self.batch_dim < losses.ndim:
+            eye = torch.eye(numel, dtype=dtype, device=device)
+            return Layout(numel, per_sample=False), index.reshape(-1), eye.reshape(numel, *shape)
+        if len(shape) == 0 or not -len(shape) <= self.batch_dim < len(shape):
             raise ValueError(
                 f"`batch_dim`={self.batch_dim} does not exist for losses of shape "
                 f"{tuple(shape)}. Give per-sample losses (batch along batch_dim) or use "
@@ -166,8 +239,8 @@ class Engine:
         moved = index.movedim(self.batch_dim, 0).reshape(shape[self.batch_dim], -1)  # [B, k]
         k = moved.shape[1]
         order = moved.T.reshape(-1)
-        cotangents = torch.zeros(k, losses.numel(), dtype=losses.dtype, device=losses.device)
-        slice_of = torch.arange(k, device=losses.device).repeat_interleave(moved.shape[0])
+        cotangents = torch.zeros(k, numel, dtype=dtype, device=device)
+        slice_of = torch.arange(k, device=device).repeat_interleave(moved.shape[0])
         cotangents[slice_of, order] = 1
         return Layout(k, per_sample=True), order, cotangents.reshape(k, *shape)
 
@@ -306,14 +379,17 @@ class Engine:
         step = self._last
         if step is None:
             raise RuntimeError("Call compute_gramian(losses) before accumulate_grads(weights).")
-        if not isinstance(weights, Tensor) or weights.shape != step.shape:
+        expected = step.global_shape or step.shape
+        if not isinstance(weights, Tensor) or weights.shape != expected:
             found = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
             raise ValueError(
-                f"`weights` should have the shape of the losses, {tuple(step.shape)}. Found "
-                f"{found}."
+                f"`weights` should have the shape of the losses, {tuple(expected)}. Found {found}."
             )
         self._last = None
-        flat = weights.detach().reshape(-1)[step.order]
+        weights = weights.detach()
+        if step.global_shape is not None and step.layout.per_sample:
+            weights = weights.narrow(self.batch_dim, step.offset, step.shape[self.batch_dim])
+        flat = weights.reshape(-1)[step.order]
         grads: dict[int, Tensor] = {}
         for rule in self._rules:
             if not step.uses[id(rule)]:
@@ -325,10 +401,24 @@ class Engine:
         for key, per_objective in step.from_losses.items():
             grads[key] = flat.to(per_objective.dtype) @ per_objective
         params = {id(p): p for p in self.params}
+        if step.global_shape is not None:  # every process adds its share, in the same order
+            grads = {
+                k: grads.get(k, torch.zeros_like(p)).reshape(p.shape) for k, p in params.items()
+            }
+            reduce_grads(list(grads.values()), step.layout)
         for key, grad in grads.items():
             param = params[key]
             grad = grad.reshape(param.shape).to(param.dtype)
             param.grad = grad if param.grad is None else param.grad + grad
+
+
+def _sum(parts: list[Tensor]) -> Tensor:
+    if not parts:
+        raise ValueError("The losses depend on none of the hooked modules' parameters.")
+    total = parts[0]
+    for part in parts[1:]:
+        total += part  # parts are fresh tensors of the rules: adding in place is safe
+    return total
 
 
 def _generalize(gramian: Tensor, shape: torch.Size) -> Tensor:

@@ -54,9 +54,15 @@ def backward(
 
 
 def compute_jacobian(
-    losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool, chunk_size: int | None
+    losses: Tensor,
+    inputs: Sequence[Tensor],
+    retain_graph: bool,
+    chunk_size: int | None,
+    *,
+    zeros: bool = False,
 ) -> tuple[Tensor, list[Tensor]]:
-    """Returns the Jacobian ``[m, n]`` over the inputs that ``losses`` reach, and those inputs."""
+    """Returns the Jacobian ``[m, n]`` over the inputs that ``losses`` reach, and those inputs
+    (over every input, with zero columns for the unreached ones, when ``zeros``)."""
     rows = jacobian_rows(
         [losses],
         inputs,
@@ -64,6 +70,11 @@ def compute_jacobian(
         retain_graph=retain_graph,
         chunk_size=chunk_size,
     )
+    if zeros:
+        m = losses.numel()
+        rows = [
+            x.new_zeros(m, *x.shape) if r is None else r for x, r in zip(inputs, rows, strict=True)
+        ]
     used = [x for x, row in zip(inputs, rows, strict=True) if row is not None]
     if not used:
         raise ValueError(
