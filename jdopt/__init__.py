@@ -7,12 +7,22 @@ both).
 Subpackages:
     aggregation: the methods that turn a Jacobian (or its Gramian) into one update.
     autojac: ``backward`` and ``mtl_backward`` through the full Jacobian.
+    autogram: the Gramian engine, without per-sample Jacobians.
+    distributed: exact Jacobian descent over the global batch under ``torch.distributed``.
 """
 
-from . import aggregation, autojac
+from . import aggregation, autogram, autojac, distributed
 from ._diagnostics import StepInfo
 from ._optimizer import JDOptimizer
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["JDOptimizer", "StepInfo", "__version__", "aggregation", "autojac"]
+__all__ = [
+    "JDOptimizer",
+    "StepInfo",
+    "__version__",
+    "aggregation",
+    "autogram",
+    "autojac",
+    "distributed",
+]

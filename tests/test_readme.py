@@ -36,6 +36,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert found == _blocks("bash")[0].strip().splitlines()[1]
 
 
+# ```python blocks are complete programs, run here; ```py blocks are fragments that need a
+# process group (the DDP section): examples/ddp_iwrm.py, run by the example tests, is whole.
 @pytest.mark.parametrize("code", _blocks("python"))
 def test_python_blocks_run(code: str) -> None:
     exec(compile(code, "README.md", "exec"), {})

@@ -56,3 +56,18 @@ def test_partial_autogram() -> None:
 
 def test_iwmtl_autogram() -> None:
     assert _improves(_main("iwmtl_autogram.py")(["--steps", "30", "--batch", "4", "--tasks", "2"]))
+
+
+def test_ddp_iwrm_spawns_two_processes_that_stay_identical() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ddp_iwrm.py"), "--steps", "3", "--batch", "4"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    assert "parameters identical on every process: True" in result.stdout
+    assert "shape (8,) (global batch)" in result.stdout

@@ -1,0 +1,124 @@
+"""Communication and step time of exact JD under DDP vs DDP's plain gradient all-reduce.
+
+Spawns ``--processes`` gloo processes (CPU). Each trains the reference MLP (784-256-256-10) on
+its own ``--batch`` samples per step, once with plain DDP (SGD on the mean loss) and once with
+``JDOptimizer(model=ddp, batch_dim=0)`` and UPGrad or Mean. Reports, per process and step, the
+bytes each sends (DDP: the gradient buckets it all-reduces, counted by a communication hook;
+jdopt: the factors it gathers, the weights and the gradients it reduces) and median step times.
+
+    python benchmarks/distributed.py [--processes 2] [--batch 64] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from jdopt import JDOptimizer
+from jdopt.aggregation import Mean, UPGrad
+from jdopt.distributed import bytes_sent, reset_bytes_sent
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
+
+
+def _counting_hook(counter: list[int]):
+    def hook(state, bucket):
+        tensor = bucket.buffer()
+        counter[0] += tensor.numel() * tensor.element_size()
+        work = dist.all_reduce(tensor, async_op=True)
+        return work.get_future().then(lambda fut: fut.value()[0] / dist.get_world_size())
+
+    return hook
+
+
+def _time(step, repeats: int) -> float:
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _worker(rank: int, world: int, port: int, batch: int, repeats: int) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(rank)
+    x, y = torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    results = {}
+
+    plain_model = mlp()
+    ddp = nn.parallel.DistributedDataParallel(plain_model)
+    counter = [0]
+    ddp.register_comm_hook(None, _counting_hook(counter))
+    plain = torch.optim.SGD(plain_model.parameters(), lr=1e-3)
+
+    def plain_step() -> None:
+        plain.zero_grad()
+        F.cross_entropy(ddp(x), y).backward()
+        plain.step()
+
+    counter[0] = 0
+    results["DDP (mean loss)"] = (_time(plain_step, repeats), counter[0] / (repeats + 3))
+
+    for name, aggregator in [("jdopt UPGrad", UPGrad()), ("jdopt Mean", Mean())]:
+        model = mlp()
+        jd_ddp = nn.parallel.DistributedDataParallel(model)
+        jd = JDOptimizer(
+            torch.optim.SGD(model.parameters(), lr=1e-3),
+            aggregator=aggregator,
+            model=jd_ddp,
+            batch_dim=0,
+        )
+
+        def jd_step(jd=jd, jd_ddp=jd_ddp) -> None:
+            jd.zero_grad()
+            jd.step(F.cross_entropy(jd_ddp(x), y, reduction="none"))
+
+        reset_bytes_sent()
+        elapsed = _time(jd_step, repeats)
+        results[name] = (elapsed, bytes_sent() / (repeats + 3))
+    if rank == 0:
+        base_time, base_bytes = results["DDP (mean loss)"]
+        print(f"torch {torch.__version__}, gloo, {world} processes, {batch} samples per process")
+        print(f"{'':18s} {'step (ms)':>10} {'ratio':>6} {'sent/step (KB)':>15} {'ratio':>6}")
+        for name, (elapsed, sent) in results.items():
+            print(
+                f"{name:18s} {elapsed * 1e3:10.2f} {elapsed / base_time:6.2f} "
+                f"{sent / 1024:15.1f} {sent / base_bytes:6.2f}"
+            )
+    dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(args.processes, port, args.batch, args.repeats), nprocs=args.processes)
+
+
+if __name__ == "__main__":
+    main()
