@@ -25,16 +25,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._dual_cone_linear import rowdot, solve_cg, solve_direct
+from ._dual_cone_linear import pad_with_identity, solve_cg, solve_direct
 
 # A row may swap its whole set of broken coordinates this many times without progress.
 _BACKUP_CHANCES = 3
 # Reduced systems up to this size are solved by batched Cholesky, larger ones by CG.
-_DIRECT_MAX_SIZE = 96
-# Before the active set settles, CG only reduces the residual by this factor, in at most
-# this many iterations.
-_LOOSE_REDUCTION = 0.05
-_LOOSE_MAX_ITER = 8
+_DIRECT_MAX_SIZE = 48
+# In the first _LOOSE_STEPS pivoting steps, CG only reduces the residual by _LOOSE_REDUCTION,
+# in at most _LOOSE_MAX_ITER iterations: the active set is still changing.
+_LOOSE_STEPS = 4
+_LOOSE_REDUCTION = 0.1
+_LOOSE_MAX_ITER = 5
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,13 @@ class BoxQP:
 
     def scale(self) -> Tensor:
         """``[k, 1]`` the size of each problem's data, to which tolerances are relative."""
-        return torch.maximum(self.lower.abs().amax(1, keepdim=True), self.linear.abs().amax(1, keepdim=True))
+        return torch.maximum(
+            self.lower.abs().amax(1, keepdim=True), self.linear.abs().amax(1, keepdim=True)
+        )
 
 
-def largest_eigenvalue(matrix: Tensor, iterations: int = 30) -> float:
-    """Returns an estimate of ``λ_max(matrix)`` from above-ish (power iteration, plus 10%)."""
+def largest_eigenvalue(matrix: Tensor, iterations: int = 15) -> float:
+    """Returns ``λ_max(matrix)`` estimated by power iteration, plus 10% for safety."""
     m = matrix.shape[0]
     vector = 1 + torch.arange(m, dtype=matrix.dtype, device=matrix.device) / m
     for _ in range(iterations):
@@ -67,18 +70,22 @@ def largest_eigenvalue(matrix: Tensor, iterations: int = 30) -> float:
 
 
 def accelerated_gradient(qp: BoxQP, x: Tensor, iterations: int) -> Tensor:
-    """Runs FISTA with per-row gradient restart (O'Donoghue & Candès 2015) from ``x [k, m]``."""
+    """Runs FISTA (without restarts: it is only a warm start) from ``x [k, m]``."""
     step = 1 / largest_eigenvalue(qp.matrix)
+    # One projected gradient step from p is max(p @ (I − step M) + step b, ℓ).
+    transition = torch.eye(qp.matrix.shape[0], dtype=x.dtype, device=x.device) - step * qp.matrix
+    shift = qp.linear * step if bool(qp.linear.any()) else None
     x = torch.maximum(x, qp.lower)
-    point, momentum = x.clone(), torch.ones_like(x[:, :1])
+    point, new = x.clone(), torch.empty_like(x)
+    momentum = 1.0
     for _ in range(iterations):
-        new = torch.maximum(point - (point @ qp.matrix - qp.linear) * step, qp.lower)
-        restart = rowdot(point - new, new - x) > 0
-        next_momentum = (1 + (1 + 4 * momentum.square()).sqrt()) / 2
-        weight = (momentum - 1) / next_momentum * ~restart
-        momentum = torch.where(restart, 1.0, next_momentum)
-        point = (new - x).mul_(weight).add_(new)
-        x = new
+        torch.mm(point, transition, out=new)
+        if shift is not None:
+            new.add_(shift)
+        torch.maximum(new, qp.lower, out=new)
+        next_momentum = (1 + (1 + 4 * momentum**2) ** 0.5) / 2
+        torch.lerp(x, new, 1 + (momentum - 1) / next_momentum, out=point)
+        x, new, momentum = new, x, next_momentum
     return x
 
 
@@ -86,6 +93,11 @@ def block_pivoting(
     qp: BoxQP, x: Tensor, active: Tensor, *, tolerance: float, max_iter: int
 ) -> tuple[Tensor, Tensor, bool]:
     """Finds the active set by block principal pivoting, from a guess.
+
+    Each step solves the reduced systems of the rows whose active set changed, then swaps the
+    coordinates that break ``x ≥ ℓ`` (free ones) or ``g ≥ 0`` (active ones). CG solves are
+    loose for the first few steps; rows solved loosely are solved again tightly before the
+    end, and only exact solves count towards the safeguard.
 
     Args:
         qp: the problems.
@@ -102,67 +114,76 @@ def block_pivoting(
     slack = tolerance * qp.scale()
     active = active.clone()
     x = torch.where(active, lower, torch.maximum(x, lower))
-    product = x @ matrix
+    product = torch.empty_like(x)
+    exact = torch.zeros(k, dtype=torch.bool, device=x.device)  # x solves its reduced system
     best = torch.full((k,), m + 1, device=x.device)
     chances = torch.full((k,), _BACKUP_CHANCES, device=x.device)
     positions = torch.arange(1, m + 1, device=x.device)
-    tight, rows = False, None
-    for _ in range(max_iter):
-        x, product, exact = _solve_reduced(qp, x, product, ~active, rows, tight, slack)
+    padded = pad_with_identity(matrix) if m <= 4 * _DIRECT_MAX_SIZE else None
+    rows = torch.arange(k, device=x.device)
+    for step in range(max_iter):
+        tight = step >= _LOOSE_STEPS
+        exact[rows] = _solve_reduced(qp, padded, x, product, ~active, rows, tight, slack)
         gradient = product - linear
         broken = (active & (gradient < -slack)) | (~active & (x < lower - slack))
         count = broken.sum(dim=1)
         if not bool(count.any()):
-            if exact:
+            rows = (~exact).nonzero().squeeze(1)
+            if rows.numel() == 0:
                 return torch.maximum(x, lower), product, True
-            tight, rows = True, None
             continue
-        improved = count < best
-        best = torch.where(improved, count, best)
+        # Block principal pivoting: swap all broken coordinates while that makes progress;
+        # after _BACKUP_CHANCES swaps without progress, only the last one (Murty's rule).
+        improved = (count < best) | ~exact
+        best = torch.where(exact & (count < best), count, best)
         chances = torch.where(improved, _BACKUP_CHANCES, chances - 1)
         last = (broken * positions).argmax(dim=1, keepdim=True)
         single = torch.zeros_like(broken).scatter_(1, last, True) & broken
         swap = torch.where((improved | (chances >= 0)).unsqueeze(1), broken, single)
-        rows = swap.any(dim=1).nonzero().squeeze(1)
-        # Coordinates entering the active set move onto their bound; keep product = x @ M.
-        shift = (lower[rows] - x[rows]) * (swap[rows] & ~active[rows])
-        x[rows] += shift
-        product[rows] += shift @ matrix
         active ^= swap
+        changed = swap.any(dim=1)
+        exact &= ~changed
+        rows = (changed | ~exact).nonzero().squeeze(1) if tight else changed.nonzero().squeeze(1)
+        x[rows] = torch.where(active[rows], lower[rows], x[rows])  # entering: onto the bound
     return torch.maximum(x, lower), product, False
 
 
 def _solve_reduced(
     qp: BoxQP,
+    padded: Tensor | None,
     x: Tensor,
     product: Tensor,
     free: Tensor,
-    rows: Tensor | None,
+    rows: Tensor,
     tight: bool,
     slack: Tensor,
-) -> tuple[Tensor, Tensor, bool]:
-    """Solves ``g_F = 0`` with ``x`` fixed off ``F``; returns ``(x, x @ M, exact)``.
+) -> Tensor:
+    """Solves ``g_F = 0`` for ``x_F`` in the given ``rows``, in place.
 
-    ``rows`` (``None`` for all) are the rows whose free set changed: the direct solver only
-    redoes those, CG lets the others stop at once.
+    Updates ``x`` and ``product = x @ M`` in those rows; returns which of them were solved
+    exactly (``[len(rows)]``).
     """
-    selected = free if rows is None else free[rows]
-    if selected.shape[0] == 0:
-        return x, product, True
-    if int(selected.sum(dim=1).max()) <= _DIRECT_MAX_SIZE:
-        linear = qp.linear if rows is None else qp.linear[rows]
-        start = x if rows is None else x[rows]
-        solution = solve_direct(qp.matrix, selected, linear, start)
-        image = solution @ qp.matrix
-        if rows is None:
-            return solution, image, True
-        x[rows], product[rows] = solution, image
-        return x, product, True
-    # CG's residual is measured in the 2-norm; the slack is checked coordinate-wise.
-    tolerance = slack * 0.1
-    if tight:
-        return solve_cg(qp.matrix, x, product, qp.linear, free, tolerance, 10 * x.shape[1])
-    x, product, _ = solve_cg(
-        qp.matrix, x, product, qp.linear, free, tolerance, _LOOSE_MAX_ITER, _LOOSE_REDUCTION
-    )
-    return x, product, False
+    if rows.numel() == 0:
+        return torch.ones(0, dtype=torch.bool, device=x.device)
+    every = rows.numel() == x.shape[0]
+    sub_x, sub_free = (x, free) if every else (x[rows], free[rows])
+    sub_linear = qp.linear if every else qp.linear[rows]
+    if padded is not None and int(sub_free.sum(dim=1).max()) <= _DIRECT_MAX_SIZE:
+        sub_x = solve_direct(padded, sub_free, sub_linear, sub_x)
+        exact = torch.ones(rows.numel(), dtype=torch.bool, device=x.device)
+    else:
+        # CG's residual is measured in the 2-norm, the slack coordinate-wise.
+        tolerance = 0.1 * (slack if every else slack[rows])
+        budget = 10 * x.shape[1] if tight else _LOOSE_MAX_ITER
+        reduction = 0.0 if tight else _LOOSE_REDUCTION
+        sub_x, exact = solve_cg(
+            qp.matrix, sub_x, sub_linear, sub_free, tolerance, budget, reduction
+        )
+        exact &= tight
+    if every:
+        x.copy_(sub_x)
+        torch.mm(x, qp.matrix, out=product)
+    else:
+        x[rows] = sub_x
+        product[rows] = sub_x @ qp.matrix
+    return exact

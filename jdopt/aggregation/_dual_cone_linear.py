@@ -22,31 +22,40 @@ def rowdot(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a, b).unsqueeze(1)
 
 
-def solve_direct(matrix: Tensor, free: Tensor, target: Tensor, fixed: Tensor) -> Tensor:
+def pad_with_identity(matrix: Tensor) -> Tensor:
+    """Returns ``[[M, 0], [0, I]]`` ``[2m, 2m]``, from which :func:`solve_direct` gathers."""
+    return torch.block_diag(
+        matrix, torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    )
+
+
+def solve_direct(padded: Tensor, free: Tensor, target: Tensor, fixed: Tensor) -> Tensor:
     """Solves the reduced systems exactly by a padded batched Cholesky.
 
     Args:
-        matrix: ``[m, m]`` symmetric positive definite ``M``.
+        padded: ``[2m, 2m]`` the output of :func:`pad_with_identity` for ``M [m, m]``, symmetric
+            positive definite.
         free: ``[k, m]`` boolean, the coordinates ``F`` solved for in each row.
         target: ``[k, m]`` right-hand sides (only ``F`` is read).
         fixed: ``[k, m]`` values of ``x`` off ``F`` (only the complement of ``F`` is read).
 
     Returns:
-        ``[k, m]`` ``x`` equal to ``fixed`` off ``F`` and to ``M_FF⁻¹ (target − M x_fixed)_F`` on it.
+        ``[k, m]`` ``x``, equal to ``fixed`` off ``F`` and to ``M_FF⁻¹ (target − M x_fixed)_F``
+        on ``F``.
     """
+    m = free.shape[1]
     fixed = fixed * ~free
-    rhs = target - fixed @ matrix
-    sizes = free.sum(dim=1)
+    rhs = target - fixed @ padded[:m, :m]
+    sizes = free.sum(dim=1, keepdim=True)
     size = int(sizes.max())
     if size == 0:
         return fixed
-    m = matrix.shape[0]
-    # Free coordinates first (stable), then the others: the first `size` are the row's system.
+    # Each row's free coordinates first; the padding points into the identity block, at
+    # distinct places, so that the gathered [k, size, size] matrices are block diagonal.
     order = torch.argsort((~free).to(torch.uint8), dim=1, stable=True)[:, :size]
-    valid = (torch.arange(size, device=free.device) < sizes.unsqueeze(1)).to(matrix.dtype)
-    flat = order.unsqueeze(2) * m + order.unsqueeze(1)
-    reduced = matrix.reshape(-1)[flat] * (valid.unsqueeze(2) * valid.unsqueeze(1))
-    reduced.diagonal(dim1=1, dim2=2).add_(1 - valid)  # identity on the padding
+    padding = torch.arange(size, device=free.device) >= sizes
+    index = order + m * padding
+    reduced = padded.take(index.unsqueeze(2) * (2 * m) + index.unsqueeze(1))
     factor, info = torch.linalg.cholesky_ex(reduced)
     if bool(info.any()):
         raise RuntimeError(
@@ -54,69 +63,69 @@ def solve_direct(matrix: Tensor, free: Tensor, target: Tensor, fixed: Tensor) ->
             "dual-cone projection cannot be solved exactly. Regularise the Gramian more (a "
             "larger `reg_eps`), or use solver='quadprog'."
         )
-    solution = torch.cholesky_solve((rhs.gather(1, order) * valid).unsqueeze(2), factor)
-    return fixed.scatter(1, order, solution.squeeze(2) * valid)
+    half = torch.linalg.solve_triangular(
+        factor, (rhs.gather(1, order) * ~padding).unsqueeze(2), upper=False
+    )
+    solution = torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(2)
+    spread = torch.zeros(free.shape[0], 2 * m, dtype=fixed.dtype, device=fixed.device)
+    return spread.scatter_(1, index, solution)[:, :m].add_(fixed)
 
 
 def solve_cg(
     matrix: Tensor,
     x: Tensor,
-    product: Tensor,
     target: Tensor,
     free: Tensor,
     tolerance: Tensor,
     max_iter: int,
     reduction: float = 0.0,
-) -> tuple[Tensor, Tensor, bool]:
-    """Solves the reduced systems by batched conjugate gradients, in place.
+) -> tuple[Tensor, Tensor]:
+    """Solves the reduced systems by batched conjugate gradients.
 
     Args:
         matrix: ``[m, m]`` symmetric positive definite ``M``.
-        x: ``[k, m]`` starting point; updated in place on ``F`` only.
-        product: ``[k, m]`` equal to ``x @ M`` on entry; kept equal to it (updated in place).
+        x: ``[k, m]`` starting point, fixed off ``F``; updated in place on ``F``.
         target: ``[k, m]`` right-hand sides (only ``F`` is read).
         free: ``[k, m]`` boolean, the coordinates ``F`` solved for in each row.
-        tolerance: ``[k, 1]`` a row stops once ``‖(target − x @ M)_F‖₂`` is below it...
+        tolerance: ``[k, 1]`` a row stops once ``‖(target − x @ M)_F‖₂`` is below it, or below
+            ``reduction`` times its starting value.
         max_iter: the most iterations any row gets.
-        reduction: ... or below ``reduction`` times its value at the start.
+        reduction: see ``tolerance``.
 
     Returns:
-        ``(x, product, converged)``: the same tensors, updated, and whether every row stopped
-        before ``max_iter``.
+        ``(x, converged)``: ``x`` updated, and ``[k]`` whether each row stopped before
+        ``max_iter``.
     """
     mask = free.to(matrix.dtype)
     rows = torch.arange(x.shape[0], device=x.device)
-    work_x, work_p = x, product
-    residual = (target - product) * mask
+    converged = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    work = x
+    residual = (target - x @ matrix).mul_(mask)
     squared = rowdot(residual, residual)
     threshold = torch.maximum(tolerance.square(), squared * reduction**2)
     direction = residual.clone()
     tiny = torch.finfo(matrix.dtype).tiny
-    converged = False
     for iteration in range(max_iter + 1):
         going = (squared > threshold).squeeze(1)
         count = int(going.sum())
         if count == 0:
-            converged = True
             break
         if iteration == max_iter:
+            converged[rows[going]] = False
             break
         if count <= going.numel() // 2:  # drop the converged rows from the batch
-            if work_x is not x:
-                x[rows], product[rows] = work_x, work_p
+            if work is not x:
+                x[rows] = work
             keep = going.nonzero().squeeze(1)
-            rows, work_x, work_p = rows[keep], work_x[keep], work_p[keep]
+            rows, work, mask, threshold = rows[keep], work[keep], mask[keep], threshold[keep]
             residual, squared, direction = residual[keep], squared[keep], direction[keep]
-            mask, threshold = mask[keep], threshold[keep]
         image = direction @ matrix
-        masked = image * mask
-        step = squared / rowdot(direction, masked).clamp_min(tiny)
-        work_x.addcmul_(step, direction)
-        work_p.addcmul_(step, image)
-        residual.addcmul_(step, masked, value=-1)
+        step = squared / rowdot(direction, image).clamp_min(tiny)  # direction is 0 off F
+        work.addcmul_(step, direction)
+        residual.addcmul_(step, image.mul_(mask), value=-1)
         new_squared = rowdot(residual, residual)
-        direction.mul_(new_squared / squared.clamp_min(tiny)).add_(residual)
+        torch.addcmul(residual, new_squared / squared.clamp_min(tiny), direction, out=direction)
         squared = new_squared
-    if work_x is not x:
-        x[rows], product[rows] = work_x, work_p
-    return x, product, converged
+    if work is not x:
+        x[rows] = work
+    return x, converged

@@ -1,0 +1,250 @@
+"""The native dual-cone solver against the definition and against the qpsolvers reference.
+
+``v* = argmin_v vᵀGv s.t. v ≥ u`` for each row ``u``; KKT: ``v ≥ u``, ``μ = 2Gv ≥ 0``,
+``μ ⊙ (v − u) = 0``. Gramians are prepared as UPGrad does (trace-normalised, ``+ 1e-4 I``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor
+
+from jdopt._linalg import normalize, regularize
+from jdopt.aggregation import _dual_cone
+from jdopt.aggregation._dual_cone import SOLVERS, project_weights
+from jdopt.aggregation._dual_cone_linear import pad_with_identity, solve_direct
+
+F64 = torch.float64
+N = 60  # columns of the Jacobians
+
+
+def _randn(generator: torch.Generator, *shape: int) -> Tensor:
+    return torch.randn(*shape, generator=generator, dtype=F64)
+
+
+def rand(m: int, g: torch.Generator) -> Tensor:
+    return _randn(g, m, N)
+
+
+def low_rank(m: int, g: torch.Generator) -> Tensor:
+    return _randn(g, m, 3) @ _randn(g, 3, N)
+
+
+def rank_one(m: int, g: torch.Generator) -> Tensor:
+    return _randn(g, m, 1) @ _randn(g, 1, N)
+
+
+def duplicated(m: int, g: torch.Generator) -> Tensor:
+    distinct = _randn(g, max(1, m // 3), N)
+    return distinct[torch.arange(m) % distinct.shape[0]]
+
+
+def conflicting(m: int, g: torch.Generator) -> Tensor:
+    """Rows along ±d (alternating), plus noise: most pairwise cosines are strongly negative."""
+    signs = torch.tensor([(-1.0) ** i for i in range(m)], dtype=F64).unsqueeze(1)
+    return 5 * signs * _randn(g, m, 1).abs() * _randn(g, 1, N) + 0.3 * _randn(g, m, N)
+
+
+def scaled(m: int, g: torch.Generator) -> Tensor:
+    """Row norms spread over 8 orders of magnitude."""
+    return _randn(g, m, N) * torch.logspace(-4, 4, m, dtype=F64).unsqueeze(1)
+
+
+def huge(m: int, g: torch.Generator) -> Tensor:
+    return 1e12 * conflicting(m, g)
+
+
+def tiny(m: int, g: torch.Generator) -> Tensor:
+    return 1e-12 * conflicting(m, g)
+
+
+FAMILIES = [rand, low_rank, rank_one, duplicated, conflicting, scaled, huge, tiny]
+
+
+def gramian_of(jacobian: Tensor) -> Tensor:
+    """The Gramian as UPGrad hands it to the solver: normalised by its trace, plus 1e-4 I."""
+    return regularize(normalize(jacobian @ jacobian.T, 1e-4), 1e-4)
+
+
+def make(family: Callable[[int, torch.Generator], Tensor], m: int, seed: int) -> Tensor:
+    return gramian_of(family(m, torch.Generator().manual_seed(seed)))
+
+
+def assert_kkt(weights: Tensor, preferences: Tensor, gramian: Tensor, tol: float = 1e-6) -> None:
+    """Checks the KKT conditions, from their definition, relative to the solution's size."""
+    size = weights.abs().amax(dim=1, keepdim=True)
+    norm = torch.linalg.matrix_norm(gramian, ord=2)
+    multiplier = 2 * weights @ gramian
+    assert (weights >= preferences - tol * size).all(), "v ≥ u is violated"
+    assert (multiplier >= -tol * norm * size).all(), "μ = 2Gv ≥ 0 is violated"
+    gap = (multiplier * (weights - preferences)).abs()
+    assert (gap <= tol * norm * size**2).all(), "μ ⊙ (v − u) = 0 is violated"
+
+
+def assert_close_to(weights: Tensor, reference: Tensor, tol: float = 1e-5) -> None:
+    scale = reference.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
+    assert ((weights - reference).abs() <= tol * scale).all()
+
+
+def upgrad_preferences(m: int) -> Tensor:
+    return torch.eye(m, dtype=F64) / m
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("m", [1, 2, 5, 24])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_upgrad_problems_match_quadprog(family: Callable, m: int, seed: int) -> None:
+    gramian, preferences = make(family, m, seed), upgrad_preferences(m)
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+@pytest.mark.parametrize("family", [rand, conflicting, scaled])
+def test_upgrad_problems_match_osqp(family: Callable) -> None:
+    gramian, preferences = make(family, 8, 3), upgrad_preferences(8)
+    weights = project_weights(preferences, gramian)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="osqp"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("m", [70, 160])
+def test_larger_problems_satisfy_kkt(family: Callable, m: int) -> None:
+    """Sizes where the reduced systems are solved by CG, in the primal or the dual."""
+    gramian, preferences = make(family, m, 0), upgrad_preferences(m)
+    assert_kkt(project_weights(preferences, gramian), preferences, gramian)
+
+
+def test_larger_problems_match_quadprog() -> None:
+    for family in [rand, low_rank]:
+        gramian, preferences = make(family, 90, 2), upgrad_preferences(90)
+        weights = project_weights(preferences, gramian)
+        assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+@pytest.mark.parametrize("family", [rand, low_rank, conflicting, duplicated])
+@pytest.mark.parametrize("m", [6, 70])
+def test_dense_preferences_of_any_sign(family: Callable, m: int) -> None:
+    g = torch.Generator().manual_seed(m)
+    preferences = torch.cat(
+        [
+            torch.randn(3, m, generator=g, dtype=F64),  # mixed signs (DualProj-like and worse)
+            torch.rand(1, m, generator=g, dtype=F64) * (torch.arange(m) % 2),  # zeros and > 0
+            -torch.rand(1, m, generator=g, dtype=F64),  # all negative: v* = 0
+            torch.zeros(1, m, dtype=F64),  # v* = 0
+        ]
+    )
+    gramian = make(family, m, 4)
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian)
+    assert (weights[-2:] == 0).all()
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+def test_positive_homogeneity() -> None:
+    gramian = make(conflicting, 10, 0)
+    preferences = torch.randn(4, 10, generator=torch.Generator().manual_seed(0), dtype=F64)
+    base = project_weights(preferences, gramian)
+    for factor in [1e-8, 3.0, 1e8]:
+        assert_close_to(project_weights(factor * preferences, gramian), factor * base, 1e-9)
+
+
+@pytest.mark.parametrize("family", [rand, low_rank])
+@pytest.mark.parametrize("m", [12, 120])
+def test_warm_start_gives_the_same_answer(family: Callable, m: int) -> None:
+    gramian, preferences = make(family, m, 0), upgrad_preferences(m)
+    cold = project_weights(preferences, gramian)
+    nearby = make(family, m, 1) * 0.05 + gramian * 0.95
+    garbage = torch.randn(m, m, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for initial in [cold, project_weights(preferences, nearby), garbage, torch.zeros(m, m)]:
+        warm = project_weights(preferences, gramian, initial=initial.to(F64))
+        assert_close_to(warm, cold, 1e-7)
+
+
+def test_float32_in_float32_out() -> None:
+    gramian = make(conflicting, 7, 0)
+    preferences = upgrad_preferences(7)
+    weights = project_weights(preferences.float(), gramian.float())
+    assert weights.dtype == torch.float32
+    assert weights.shape == (7, 7)
+    assert weights.device == gramian.device
+    expected = project_weights(preferences, gramian.float().double())
+    assert_close_to(weights.double(), expected, 1e-6)
+
+
+def test_float64_gramian_with_float32_preferences() -> None:
+    gramian = make(rand, 5, 0)
+    weights = project_weights(upgrad_preferences(5).float(), gramian)
+    assert weights.dtype == F64
+    assert_close_to(weights, project_weights(upgrad_preferences(5), gramian), 1e-7)
+
+
+def test_one_objective() -> None:
+    gramian = torch.tensor([[2.0]], dtype=F64)
+    preferences = torch.tensor([[0.5], [-1.0], [0.0]], dtype=F64)
+    assert project_weights(preferences, gramian).tolist() == [[0.5], [0.0], [0.0]]
+
+
+def test_two_opposite_objectives() -> None:
+    """g₂ = −g₁: the dual cone is the hyperplane g₁ᵀx = 0, only the ridge keeps weights finite."""
+    row = torch.tensor([[1.0, 2.0, -1.0]], dtype=F64)
+    gramian = gramian_of(torch.cat([row, -row]))
+    preferences = upgrad_preferences(2)
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+def test_no_problem_to_solve() -> None:
+    gramian = make(rand, 3, 0)
+    assert project_weights(torch.zeros(0, 3, dtype=F64), gramian).shape == (0, 3)
+    assert (project_weights(-torch.ones(2, 3, dtype=F64), gramian) == 0).all()
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_solvers_are_selectable(solver: str) -> None:
+    gramian, preferences = make(conflicting, 6, 1), upgrad_preferences(6)
+    weights = project_weights(preferences, gramian, solver=solver)
+    assert_kkt(weights, preferences, gramian)
+
+
+@pytest.mark.parametrize(
+    ("preferences", "gramian", "initial", "match"),
+    [
+        (torch.eye(3), torch.ones(3, 2), None, r"square matrix \[m, m\]\. Found shape \(3, 2\)"),
+        (torch.eye(3), torch.ones(3), None, r"square matrix \[m, m\]\. Found shape \(3,\)"),
+        (torch.ones(2, 4), torch.eye(3), None, r"shape \[k, 3\].*Found shape \(2, 4\)"),
+        (torch.ones(3), torch.eye(3), None, r"shape \[k, 3\].*Found shape \(3,\)"),
+        (torch.eye(3), torch.eye(3), torch.ones(3, 2), r"shape of `preferences`, \(3, 3\)"),
+        (torch.eye(2), -torch.eye(2), None, "positive definite"),
+        (torch.eye(2), torch.ones(2, 2), None, "positive definite"),
+    ],
+)
+def test_invalid_inputs(preferences: Tensor, gramian: Tensor, initial: Tensor | None, match: str):
+    with pytest.raises(ValueError, match=match):
+        project_weights(preferences, gramian, initial=initial)
+
+
+def test_unknown_solver() -> None:
+    with pytest.raises(ValueError, match="`solver` should be one of"):
+        project_weights(torch.eye(2), torch.eye(2), solver="cvxpy")
+
+
+def test_raises_instead_of_returning_inaccurate_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    def gives_up(qp, x, active, **_):
+        return x, x @ qp.matrix, False
+
+    monkeypatch.setattr(_dual_cone, "block_pivoting", gives_up)
+    gramian, preferences = make(conflicting, 6, 0), upgrad_preferences(6)
+    with pytest.raises(RuntimeError, match=r"KKT residual of .* only"):
+        project_weights(preferences, gramian)
+
+
+def test_direct_solve_refuses_a_singular_reduced_system() -> None:
+    padded = pad_with_identity(torch.ones(3, 3, dtype=F64))
+    free = torch.tensor([[True, True, False]])
+    with pytest.raises(RuntimeError, match="not numerically positive definite"):
+        solve_direct(padded, free, torch.ones(1, 3, dtype=F64), torch.zeros(1, 3, dtype=F64))
