@@ -59,7 +59,7 @@ class BoxQP:
         )
 
 
-def largest_eigenvalue(matrix: Tensor, iterations: int = 15) -> float:
+def largest_eigenvalue(matrix: Tensor, iterations: int = 10) -> float:
     """Returns ``λ_max(matrix)`` estimated by power iteration, plus 10% for safety."""
     m = matrix.shape[0]
     vector = 1 + torch.arange(m, dtype=matrix.dtype, device=matrix.device) / m
@@ -112,40 +112,49 @@ def block_pivoting(
     matrix, linear, lower = qp.matrix, qp.linear, qp.lower
     k, m = x.shape
     slack = tolerance * qp.scale()
+    floor, shifted = linear - slack, lower - slack  # g < floor or x < shifted: broken
     active = active.clone()
-    x = torch.where(active, lower, torch.maximum(x, lower))
+    x = torch.maximum(x, lower).lerp_(lower, active.to(x.dtype))
     product = torch.empty_like(x)
     exact = torch.zeros(k, dtype=torch.bool, device=x.device)  # x solves its reduced system
     best = torch.full((k,), m + 1, device=x.device)
     chances = torch.full((k,), _BACKUP_CHANCES, device=x.device)
-    positions = torch.arange(1, m + 1, device=x.device)
     padded = pad_with_identity(matrix) if m <= 4 * _DIRECT_MAX_SIZE else None
-    rows = torch.arange(k, device=x.device)
+    changed, tight = torch.ones_like(exact), False
     for step in range(max_iter):
-        tight = step >= _LOOSE_STEPS
+        tight = tight or step >= _LOOSE_STEPS
+        # Loose solves only for the rows whose active set changed; tight ones for every row
+        # not solved exactly yet.
+        rows = (changed | ~exact if tight else changed).nonzero().squeeze(1)
         exact[rows] = _solve_reduced(qp, padded, x, product, ~active, rows, tight, slack)
-        gradient = product - linear
-        broken = (active & (gradient < -slack)) | (~active & (x < lower - slack))
+        broken = (active & (product < floor)) | (~active & (x < shifted))
         count = broken.sum(dim=1)
         if not bool(count.any()):
-            rows = (~exact).nonzero().squeeze(1)
-            if rows.numel() == 0:
+            if bool(exact.all()):
                 return torch.maximum(x, lower), product, True
+            changed, tight = torch.zeros_like(exact), True
             continue
         # Block principal pivoting: swap all broken coordinates while that makes progress;
         # after _BACKUP_CHANCES swaps without progress, only the last one (Murty's rule).
-        improved = (count < best) | ~exact
-        best = torch.where(exact & (count < best), count, best)
+        fewer = count < best
+        improved = fewer | ~exact
+        best = torch.where(fewer & exact, count, best)
         chances = torch.where(improved, _BACKUP_CHANCES, chances - 1)
-        last = (broken * positions).argmax(dim=1, keepdim=True)
-        single = torch.zeros_like(broken).scatter_(1, last, True) & broken
-        swap = torch.where((improved | (chances >= 0)).unsqueeze(1), broken, single)
+        whole = improved | (chances >= 0)
+        swap = broken if bool(whole.all()) else _murty(broken, whole)
         active ^= swap
         changed = swap.any(dim=1)
         exact &= ~changed
-        rows = (changed | ~exact).nonzero().squeeze(1) if tight else changed.nonzero().squeeze(1)
-        x[rows] = torch.where(active[rows], lower[rows], x[rows])  # entering: onto the bound
+        torch.maximum(x, lower, out=x)  # coordinates entering the active set: onto the bound
     return torch.maximum(x, lower), product, False
+
+
+def _murty(broken: Tensor, whole: Tensor) -> Tensor:
+    """Keeps all of ``broken [k, m]`` in the rows where ``whole [k]``, only the last elsewhere."""
+    positions = torch.arange(1, broken.shape[1] + 1, device=broken.device)
+    last = (broken * positions).argmax(dim=1, keepdim=True)
+    single = torch.zeros_like(broken).scatter_(1, last, True) & broken
+    return torch.where(whole.unsqueeze(1), broken, single)
 
 
 def _solve_reduced(
@@ -173,7 +182,7 @@ def _solve_reduced(
         exact = torch.ones(rows.numel(), dtype=torch.bool, device=x.device)
     else:
         # CG's residual is measured in the 2-norm, the slack coordinate-wise.
-        tolerance = 0.1 * (slack if every else slack[rows])
+        tolerance = 0.3 * (slack if every else slack[rows])
         budget = 10 * x.shape[1] if tight else _LOOSE_MAX_ITER
         reduction = 0.0 if tight else _LOOSE_REDUCTION
         sub_x, exact = solve_cg(
@@ -181,7 +190,8 @@ def _solve_reduced(
         )
         exact &= tight
     if every:
-        x.copy_(sub_x)
+        if sub_x is not x:
+            x.copy_(sub_x)
         torch.mm(x, qp.matrix, out=product)
     else:
         x[rows] = sub_x
