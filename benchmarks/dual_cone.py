@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads")
     references = ["quadprog", *(["osqp"] if args.osqp else [])]
+    for name in references:  # import qpsolvers and the backends before timing them
+        project_weights(torch.ones(1, 1), torch.ones(1, 1), solver=name)
     header = f"{'m':>5} {'family':>8} {'native ms':>10} {'KKT':>8}"
     for name in references:
         header += f" {'diff ' + name:>14} {name + ' ms':>12}"

@@ -68,12 +68,20 @@ def project_weights(
     matrix = gramian.detach().to(torch.float64)
     matrix = (matrix + matrix.T) / 2
     bounds = preferences.detach().to(matrix)
+    start = None if initial is None else initial.detach().to(matrix)
+    if bounds.numel() == 0:
+        return bounds.to(gramian.dtype)
+    solvable = bounds.amax(dim=1) > 0
+    if bool(solvable.all()):  # the usual case: no row to leave out
+        size = bounds.abs().amax(dim=1, keepdim=True)
+        scaled_start = None if start is None else start / size
+        return (_solve(matrix, bounds / size, scaled_start) * size).to(gramian.dtype)
     weights = torch.zeros_like(bounds)
-    rows = (bounds.amax(dim=1) > 0).nonzero().squeeze(1)
+    rows = solvable.nonzero().squeeze(1)
     if rows.numel() > 0:
         size = bounds[rows].abs().amax(dim=1, keepdim=True)
-        start = None if initial is None else initial.detach().to(matrix)[rows] / size
-        weights[rows] = _solve(matrix, bounds[rows] / size, start) * size
+        scaled_start = None if start is None else start[rows] / size
+        weights[rows] = _solve(matrix, bounds[rows] / size, scaled_start) * size
     return weights.to(gramian.dtype)
 
 
@@ -94,37 +102,55 @@ def kkt_residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> Tenso
 
 def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor:
     """The native solver on float64 inputs with ``max(u) > 0`` in every row."""
-    diagonal = gramian.diagonal()
-    root = diagonal.clamp_min(torch.finfo(diagonal.dtype).tiny).sqrt()
-    scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)
+    root = gramian.diagonal().sqrt()
+    scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)  # unit diagonal
     factor, info = torch.linalg.cholesky_ex(scaled)
-    if bool((diagonal <= 0).any()) or int(info) != 0:
+    if int(info) != 0 or not bool((root > 0).all()):
         raise ValueError(
             "`gramian` should be positive definite. Found a Gramian whose Cholesky "
             "factorisation fails. Add a ridge (`gramian + eps * I`, e.g. eps=1e-4 after "
             "normalising by the trace), as UPGrad and DualProj do with `reg_eps`."
         )
-    lower = preferences * root
-    max_iter = 50 + gramian.shape[0]
-    dual = _prefers_dual(scaled)
-    if dual:
-        inverse = torch.cholesky_inverse(factor)
-        inverse = (inverse + inverse.T) / 2
-        unit = inverse.diagonal().rsqrt()
-        qp = BoxQP(
-            inverse * unit.unsqueeze(1) * unit.unsqueeze(0), lower * unit, torch.zeros_like(lower)
-        )
-        x = _dual_start(qp, scaled, start * root, unit) if start is not None else qp.lower
+    lower = preferences * root  # the bound on w = √diag(G) ⊙ v
+    start = None if start is None else start * root
+    if _prefers_dual(scaled):
+        qp, x, unit = _dual(scaled, factor, lower, start)
     else:
-        qp = BoxQP(scaled, torch.zeros_like(lower), lower)
-        x = start * root if start is not None else torch.clamp_min(lower, 0)
+        qp, x, unit = BoxQP(scaled, torch.zeros_like(lower), lower), start, None
+    if x is None:
+        x = torch.clamp_min(qp.lower, 0)
     # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
     small = gramian.shape[0] <= _SMALL
     x = accelerated_gradient(qp, x, _WARM_ITERATIONS_SMALL if small else _WARM_ITERATIONS_LARGE)
     active = x <= qp.lower + _PIVOTING_TOLERANCE * qp.scale()
+    max_iter = 50 + gramian.shape[0]
     x, product, _ = block_pivoting(qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter)
-    scaled_weights = product / unit if dual else x
-    weights = torch.maximum(scaled_weights / root, preferences)
+    weights = torch.maximum((x if unit is None else product / unit) / root, preferences)
+    _check_accuracy(weights, preferences, gramian)
+    return weights
+
+
+def _dual(
+    scaled: Tensor, factor: Tensor, lower: Tensor, start: Tensor | None
+) -> tuple[BoxQP, Tensor | None, Tensor]:
+    """The dual ``min_{λ≥0} ½λᵀG⁻¹λ − ℓᵀλ``, Jacobi-scaled (``λ = unit ⊙ μ``), and its start.
+
+    Returns the problem in ``μ``, the warm start mapped to ``μ`` (or ``None``), and ``unit``:
+    the primal solution is ``w = (μ @ H) / unit`` with ``H`` the problem's matrix.
+    """
+    inverse = torch.cholesky_inverse(factor)  # symmetric, exactly
+    unit = inverse.diagonal().rsqrt()
+    qp = BoxQP(
+        inverse * unit.unsqueeze(1) * unit.unsqueeze(0), lower * unit, torch.zeros_like(lower)
+    )
+    if start is None:
+        return qp, None, unit
+    # Multipliers λ = Gw on the coordinates where the warm start sits on its bound, 0 elsewhere.
+    on_bound = start <= lower + _PIVOTING_TOLERANCE * lower.abs().amax(dim=1, keepdim=True)
+    return qp, (start @ scaled).clamp_min(0) / unit * on_bound, unit
+
+
+def _check_accuracy(weights: Tensor, preferences: Tensor, gramian: Tensor) -> None:
     residual = float(kkt_residual(weights, preferences, gramian).max())
     if residual > KKT_TOLERANCE:
         raise RuntimeError(
@@ -132,20 +158,12 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
             f"only (the target is {KKT_TOLERANCE:.0e}). Use solver='quadprog' for this "
             "Gramian, and please report it with the Gramian attached."
         )
-    return weights
 
 
 def _prefers_dual(scaled: Tensor) -> bool:
     """Whether ``scaled`` (unit diagonal) looks low-rank plus a ridge."""
     m = scaled.shape[0]
     return m * m < _DUAL_RANK_FRACTION * m * float(scaled.square().sum())
-
-
-def _dual_start(qp: BoxQP, scaled: Tensor, start: Tensor, unit: Tensor) -> Tensor:
-    """Maps a primal warm start ``w [k, m]`` to the dual variable ``μ``."""
-    bound = qp.linear / unit  # the primal lower bound, √diag(G) ⊙ u
-    active = start <= bound + _PIVOTING_TOLERANCE * bound.abs().amax(dim=1, keepdim=True)
-    return (start @ scaled).clamp_min(0) / unit * active
 
 
 def _check_shapes(preferences: Tensor, gramian: Tensor, initial: Tensor | None) -> None:

@@ -4,13 +4,15 @@ Each row of ``linear`` and ``lower`` is one problem ``min_x ½ xᵀMx − bᵀx 
 shared symmetric positive definite ``M [m, m]`` (unit diagonal after Jacobi scaling). Its KKT
 conditions: ``x ≥ ℓ``, ``g = Mx − b ≥ 0``, ``(x − ℓ) ⊙ g = 0``.
 
-1. :func:`accelerated_gradient` (FISTA with adaptive restart, per row) cheaply guesses which
-   bounds are active.
+1. :func:`accelerated_gradient` (FISTA, three tensor operations per step) cheaply guesses
+   which bounds are active.
 2. :func:`block_pivoting` (primal-dual active set, with the safeguards of block principal
    pivoting) fixes the guess: it solves ``x_A = ℓ_A, g_F = 0`` for the current active set ``A``
    and free set ``F``, swaps the coordinates that break ``x ≥ ℓ`` or ``g ≥ 0``, and repeats.
    When a row's number of broken coordinates stops decreasing it falls back to swapping only
-   the last one (Murty's rule), which terminates for any positive definite ``M``.
+   the last one (Murty's rule), which terminates for any positive definite ``M``. The reduced
+   systems ``M_FF x_F = (b − M_FA ℓ_A)_F`` are solved by a padded batched Cholesky when every
+   ``|F| ≤ _DIRECT_MAX_SIZE``, by batched CG otherwise (:mod:`._dual_cone_linear`).
 
 Kim & Park, *Fast nonnegative matrix factorization: an active-set-like method and
 comparisons*, SIAM J. Sci. Comput. 2011 (block principal pivoting); Hintermüller, Ito &
@@ -134,19 +136,30 @@ def block_pivoting(
                 return torch.maximum(x, lower), product, True
             changed, tight = torch.zeros_like(exact), True
             continue
-        # Block principal pivoting: swap all broken coordinates while that makes progress;
-        # after _BACKUP_CHANCES swaps without progress, only the last one (Murty's rule).
-        fewer = count < best
-        improved = fewer | ~exact
-        best = torch.where(fewer & exact, count, best)
-        chances = torch.where(improved, _BACKUP_CHANCES, chances - 1)
-        whole = improved | (chances >= 0)
-        swap = broken if bool(whole.all()) else _murty(broken, whole)
+        swap, best, chances = _swaps(broken, count, exact, best, chances)
         active ^= swap
         changed = swap.any(dim=1)
         exact &= ~changed
         torch.maximum(x, lower, out=x)  # coordinates entering the active set: onto the bound
     return torch.maximum(x, lower), product, False
+
+
+def _swaps(
+    broken: Tensor, count: Tensor, exact: Tensor, best: Tensor, chances: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The rule of block principal pivoting: which coordinates change sides.
+
+    A row swaps all its ``broken`` coordinates while their ``count`` keeps reaching new lows
+    (``best``) or while its solve is inexact; after ``_BACKUP_CHANCES`` swaps without progress
+    it swaps only the last one (Murty's rule, which cannot cycle). Returns the swaps ``[k, m]``
+    and the updated ``best`` and ``chances`` ``[k]``.
+    """
+    fewer = count < best
+    improved = fewer | ~exact
+    best = torch.where(fewer & exact, count, best)
+    chances = torch.where(improved, _BACKUP_CHANCES, chances - 1)
+    whole = improved | (chances >= 0)
+    return (broken if bool(whole.all()) else _murty(broken, whole)), best, chances
 
 
 def _murty(broken: Tensor, whole: Tensor) -> Tensor:

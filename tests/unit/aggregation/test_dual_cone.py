@@ -201,6 +201,7 @@ def test_two_opposite_objectives() -> None:
 def test_no_problem_to_solve() -> None:
     gramian = make(rand, 3, 0)
     assert project_weights(torch.zeros(0, 3, dtype=F64), gramian).shape == (0, 3)
+    assert project_weights(torch.zeros(2, 0), torch.zeros(0, 0)).shape == (2, 0)
     assert (project_weights(-torch.ones(2, 3, dtype=F64), gramian) == 0).all()
 
 
@@ -221,6 +222,7 @@ def test_solvers_are_selectable(solver: str) -> None:
         (torch.eye(3), torch.eye(3), torch.ones(3, 2), r"shape of `preferences`, \(3, 3\)"),
         (torch.eye(2), -torch.eye(2), None, "positive definite"),
         (torch.eye(2), torch.ones(2, 2), None, "positive definite"),
+        (torch.eye(2), torch.tensor([[0.0, 0.0], [0.0, 1.0]]), None, "positive definite"),
     ],
 )
 def test_invalid_inputs(preferences: Tensor, gramian: Tensor, initial: Tensor | None, match: str):
