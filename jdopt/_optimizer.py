@@ -100,6 +100,7 @@ class JDOptimizer(DelegatingOptimizer):
         if self._distributed and is_ddp(model):
             take_over_gradient_sync(model)
         self._gramian_engine = None
+        self._covered: set[int] | None = None  # ids of the engine's parameters
         if self.engine == "autogram":
             self._gramian_engine = Engine(
                 *modules_of(model), batch_dim=batch_dim, distributed=self._distributed
@@ -107,12 +108,14 @@ class JDOptimizer(DelegatingOptimizer):
         self._init_delegation(optimizer, aggregator)
 
     def close(self) -> None:
-        """Removes the Gramian engine's hooks from the model (the optimizer still works, on
-        the autojac engine)."""
+        """Removes the Gramian engine's hooks from the model and gives a DDP model its own
+        gradient synchronisation back (the optimizer still works, on the autojac engine)."""
         if self._gramian_engine is not None:
             self._gramian_engine.close()
             self._gramian_engine = None
             self.engine = "autojac"
+        if is_ddp(self.model):
+            self.model.require_backward_grad_sync = True
 
     def __repr__(self) -> str:
         inner = "\n".join("    " + line for line in repr(self.optimizer).splitlines())
@@ -178,8 +181,9 @@ class JDOptimizer(DelegatingOptimizer):
         if self._distributed:  # identical weights everywhere, whatever the method's randomness
             broadcast_(weights)
         # The losses carry the scale, so Σ wᵢ ∇(scaled Lᵢ) is already in the scaler's space.
-        covered = {id(p) for p in engine.params}
-        if all(id(p) in covered for p in params):
+        if self._covered is None:
+            self._covered = {id(p) for p in engine.params}
+        if all(id(p) in self._covered for p in params):
             engine.accumulate_grads(weights)
             return
         if self._distributed and self.batch_dim is not None:

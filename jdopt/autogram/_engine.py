@@ -89,6 +89,7 @@ class Engine:
         for rule in self._rules:
             for name in rule.names:
                 self._owners.setdefault(id(rule.param(name)), []).append((rule, name))
+        self._params = [owners[0][0].param(owners[0][1]) for owners in self._owners.values()]
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -119,7 +120,7 @@ class Engine:
     @property
     def params(self) -> list[nn.Parameter]:
         """The trainable parameters the Gramian is taken over."""
-        return [owners[0][0].param(owners[0][1]) for owners in self._owners.values()]
+        return list(self._params)
 
     # ------------------------------------------------------------------ the Gramian
     def compute_gramian(self, losses: Tensor) -> Tensor:

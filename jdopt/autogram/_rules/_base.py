@@ -39,13 +39,15 @@ class Rule(ABC):
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
         self.module = module
         self.names = list(names)
+        self._params = {name: module.get_parameter(name) for name in self.names}
 
     def exact_for(self, uses: Sequence[Use]) -> bool:
         """Whether this rule's formulas are exact for these calls (else: the fallback)."""
         return True
 
     def param(self, name: str) -> nn.Parameter:
-        return self.module.get_parameter(name)
+        # Looked up once: reassigning a module's Parameter object needs a new engine.
+        return self._params[name]
 
     @abstractmethod
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
