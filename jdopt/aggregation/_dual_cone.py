@@ -14,6 +14,13 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   a ridge (its free set lies in the large, flat part of ``G⁻¹``), the primal otherwise;
 - FISTA to guess the active set, block principal pivoting to make it exact
   (:mod:`._dual_cone_box`);
+- mixed precision from ``m = _MIXED_MIN_SIZE`` on, where matrix products dominate (float32
+  ones are about twice as fast on CPU): FISTA and a first, loose pivoting run in float32 give
+  the active set; the float64 pivoting that follows starts from it, usually confirms it in
+  one step, and solves its reduced systems by float32 CG corrections of float64 residuals
+  (iterative refinement, float64 CG for the rows where it stalls). Every decision that the
+  answer depends on is float64, so a wrong float32 guess only costs time. Smaller problems
+  run in float64 throughout;
 - a final check of the KKT conditions on the original problem, which raises rather than
   return inaccurate weights.
 """
@@ -24,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice
-from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
+from ._dual_cone_box import LOOSE_STEPS, BoxQP, accelerated_gradient, block_pivoting
 from ._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
 
 SOLVERS = ("native", *REFERENCE_SOLVERS)
@@ -35,6 +42,10 @@ _DUAL_RANK_FRACTION = 0.4
 # FISTA steps before pivoting: more where a pivoting step's fixed cost dominates (small m).
 _WARM_ITERATIONS_SMALL, _WARM_ITERATIONS_LARGE, _SMALL = 30, 10, 128
 _PIVOTING_TOLERANCE = 1e-8
+# The float32 guess: tolerance and most pivoting steps (plus m / 4).
+_ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
+# The float32 guess pays off from this size on, where matrix products dominate.
+_MIXED_MIN_SIZE = 128
 # The relative KKT residual that the native solver guarantees (or raises).
 KKT_TOLERANCE = 1e-7
 
@@ -119,15 +130,46 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
         qp, x, unit = BoxQP(scaled, torch.zeros_like(lower), lower), start, None
     if x is None:
         x = torch.clamp_min(qp.lower, 0)
-    # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
-    small = gramian.shape[0] <= _SMALL
-    x = accelerated_gradient(qp, x, _WARM_ITERATIONS_SMALL if small else _WARM_ITERATIONS_LARGE)
-    active = x <= qp.lower + _PIVOTING_TOLERANCE * qp.scale()
-    max_iter = 50 + gramian.shape[0]
-    x, product, _ = block_pivoting(qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter)
+    mixed = gramian.shape[0] >= _MIXED_MIN_SIZE
+    x, active = _rough_guess(qp, x) if mixed else _guess(qp, x)
+    max_iter, loose_steps = 50 + gramian.shape[0], 0 if mixed else LOOSE_STEPS
+    x, product, _ = block_pivoting(
+        qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=loose_steps
+    )
     weights = torch.maximum((x if unit is None else product / unit) / root, preferences)
     _check_accuracy(weights, preferences, gramian)
     return weights
+
+
+def _guess(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A float64 FISTA guess of the solution and of its active set (small ``m``)."""
+    # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
+    x = accelerated_gradient(qp, x, _WARM_ITERATIONS_SMALL)
+    return x, x <= qp.lower + _PIVOTING_TOLERANCE * qp.scale()
+
+
+def _rough_guess(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A float32 solution and its active set: FISTA, then loose block pivoting.
+
+    Float32 matrix products are about twice as fast; the float64 pivoting that follows starts
+    from this guess and usually only has to confirm it with one exact solve.
+    """
+    m = qp.matrix.shape[0]
+    rough = BoxQP(qp.matrix.float(), qp.linear.float(), qp.lower.float())
+    x = x.float()
+    # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
+    x = accelerated_gradient(
+        rough, x, _WARM_ITERATIONS_SMALL if m <= _SMALL else _WARM_ITERATIONS_LARGE
+    )
+    active = x <= rough.lower + _ROUGH_TOLERANCE * rough.scale()
+    try:
+        x, _, _ = block_pivoting(
+            rough, x, active, tolerance=_ROUGH_TOLERANCE, max_iter=_ROUGH_MAX_ITER + m // 4
+        )
+        active = x <= rough.lower  # x ≥ ℓ, with equality exactly on the active set
+    except RuntimeError:  # a float32 reduced system is not positive definite: keep FISTA's
+        pass
+    return x.to(qp.matrix), active
 
 
 def _dual(

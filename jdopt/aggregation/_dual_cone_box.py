@@ -12,7 +12,9 @@ conditions: ``x ≥ ℓ``, ``g = Mx − b ≥ 0``, ``(x − ℓ) ⊙ g = 0``.
    When a row's number of broken coordinates stops decreasing it falls back to swapping only
    the last one (Murty's rule), which terminates for any positive definite ``M``. The reduced
    systems ``M_FF x_F = (b − M_FA ℓ_A)_F`` are solved by a padded batched Cholesky when every
-   ``|F| ≤ _DIRECT_MAX_SIZE``, by batched CG otherwise (:mod:`._dual_cone_linear`).
+   ``|F| ≤ _DIRECT_MAX_SIZE``, by batched CG otherwise (:mod:`._dual_cone_linear`). Both
+   functions run in the problem's dtype; tight float64 CG solves go through float32
+   corrections (:func:`._dual_cone_linear.solve_refined`) to the same tolerance.
 
 Kim & Park, *Fast nonnegative matrix factorization: an active-set-like method and
 comparisons*, SIAM J. Sci. Comput. 2011 (block principal pivoting); Hintermüller, Ito &
@@ -23,19 +25,20 @@ Kunisch, *The primal-dual active set strategy as a semismooth Newton method*, SI
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from ._dual_cone_linear import pad_with_identity, solve_cg, solve_direct
+from ._dual_cone_linear import pad_with_identity, solve_cg, solve_direct, solve_refined
 
 # A row may swap its whole set of broken coordinates this many times without progress.
 _BACKUP_CHANCES = 3
 # Reduced systems up to this size are solved by batched Cholesky, larger ones by CG.
 _DIRECT_MAX_SIZE = 48
-# In the first _LOOSE_STEPS pivoting steps, CG only reduces the residual by _LOOSE_REDUCTION,
+# In the first LOOSE_STEPS pivoting steps, CG only reduces the residual by _LOOSE_REDUCTION,
 # in at most _LOOSE_MAX_ITER iterations: the active set is still changing.
-_LOOSE_STEPS = 4
+LOOSE_STEPS = 4
 _LOOSE_REDUCTION = 0.1
 _LOOSE_MAX_ITER = 5
 
@@ -53,6 +56,11 @@ class BoxQP:
     matrix: Tensor
     linear: Tensor
     lower: Tensor
+
+    @cached_property
+    def rough_matrix(self) -> Tensor:
+        """``M`` in float32, for the corrections of :func:`solve_refined`."""
+        return self.matrix.float()
 
     def scale(self) -> Tensor:
         """``[k, 1]`` the size of each problem's data, to which tolerances are relative."""
@@ -92,7 +100,13 @@ def accelerated_gradient(qp: BoxQP, x: Tensor, iterations: int) -> Tensor:
 
 
 def block_pivoting(
-    qp: BoxQP, x: Tensor, active: Tensor, *, tolerance: float, max_iter: int
+    qp: BoxQP,
+    x: Tensor,
+    active: Tensor,
+    *,
+    tolerance: float,
+    max_iter: int,
+    loose_steps: int = LOOSE_STEPS,
 ) -> tuple[Tensor, Tensor, bool]:
     """Finds the active set by block principal pivoting, from a guess.
 
@@ -107,6 +121,7 @@ def block_pivoting(
         active: ``[k, m]`` boolean guess of the active set ``{x = ℓ}``.
         tolerance: relative violation of ``x ≥ ℓ`` or ``g ≥ 0`` accepted at the solution.
         max_iter: the most pivoting steps.
+        loose_steps: how many first steps may use loose CG solves (0 from a good guess).
 
     Returns:
         ``(x, x @ M, converged)``, with ``x ≥ ℓ``.
@@ -124,7 +139,7 @@ def block_pivoting(
     padded = pad_with_identity(matrix) if m <= 4 * _DIRECT_MAX_SIZE else None
     changed, tight = torch.ones_like(exact), False
     for step in range(max_iter):
-        tight = tight or step >= _LOOSE_STEPS
+        tight = tight or step >= loose_steps
         # Loose solves only for the rows whose active set changed; tight ones for every row
         # not solved exactly yet.
         rows = (changed | ~exact if tight else changed).nonzero().squeeze(1)
@@ -198,9 +213,14 @@ def _solve_reduced(
         tolerance = 0.3 * (slack if every else slack[rows])
         budget = 10 * x.shape[1] if tight else _LOOSE_MAX_ITER
         reduction = 0.0 if tight else _LOOSE_REDUCTION
-        sub_x, exact = solve_cg(
-            qp.matrix, sub_x, sub_linear, sub_free, tolerance, budget, reduction
-        )
+        if tight and qp.matrix.dtype == torch.float64:
+            sub_x, exact = solve_refined(
+                qp.matrix, qp.rough_matrix, sub_x, sub_linear, sub_free, tolerance
+            )
+        else:
+            sub_x, exact = solve_cg(
+                qp.matrix, sub_x, sub_linear, sub_free, tolerance, budget, reduction
+            )
         exact &= tight
     if every:
         if sub_x is not x:

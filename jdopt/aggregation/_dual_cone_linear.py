@@ -9,12 +9,17 @@ a system of size ``|F|`` per row, different for every row.
   largest ``s = |F|`` in the batch) and runs one batched Cholesky: exact, costs ``k s³``.
 - :func:`solve_cg` runs conjugate gradients on all rows at once, one ``[k, m] @ [m, m]`` product
   per iteration; rows leave the batch as they converge.
+- :func:`solve_refined` does the same to float64 accuracy by iterative refinement: float32 CG
+  on the float64 residual, whose products are about twice as fast, a few times over.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+# Iterative refinement: rounds, and the residual reduction of float32 CG in each.
+_REFINEMENTS, _ROUGH_REDUCTION = 6, 1e-3
 
 
 def rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -129,3 +134,34 @@ def solve_cg(
     if work is not x:
         x[rows] = work
     return x, converged
+
+
+def solve_refined(
+    matrix: Tensor, rough: Tensor, x: Tensor, target: Tensor, free: Tensor, tolerance: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`solve_cg` to ``tolerance`` with float32 CG corrections ``rough`` ≈ ``matrix``.
+
+    Each round computes the float64 residual, on which float32 CG gains ``_ROUGH_REDUCTION``
+    (float32 cannot do much better). Rows that stall are finished by float64 :func:`solve_cg`.
+    Returns ``(x, converged)`` like :func:`solve_cg`.
+    """
+    mask = free.to(matrix.dtype)
+    for _ in range(_REFINEMENTS):
+        residual = (target - x @ matrix).mul_(mask)
+        converged = residual.norm(dim=1, keepdim=True) <= tolerance
+        if bool(converged.all()):
+            break
+        correction = torch.zeros_like(residual, dtype=rough.dtype)
+        correction, _ = solve_cg(
+            rough,
+            correction,
+            residual.to(rough.dtype),
+            free,
+            tolerance.to(rough.dtype),
+            10 * x.shape[1],
+            _ROUGH_REDUCTION,
+        )
+        x = x + correction.to(x.dtype)
+    if bool(converged.all()):
+        return x, converged.squeeze(1)
+    return solve_cg(matrix, x, target, free, tolerance, 10 * x.shape[1])

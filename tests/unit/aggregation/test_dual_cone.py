@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from jdopt._linalg import normalize, regularize
-from jdopt.aggregation import _dual_cone
+from jdopt.aggregation import _dual_cone, _dual_cone_linear
 from jdopt.aggregation._dual_cone import SOLVERS, project_weights
 from jdopt.aggregation._dual_cone_linear import pad_with_identity, solve_direct
 
@@ -250,3 +250,36 @@ def test_direct_solve_refuses_a_singular_reduced_system() -> None:
     free = torch.tensor([[True, True, False]])
     with pytest.raises(RuntimeError, match="not numerically positive definite"):
         solve_direct(padded, free, torch.ones(1, 3, dtype=F64), torch.zeros(1, 3, dtype=F64))
+
+
+@pytest.mark.parametrize("family", [rand, low_rank])
+def test_a_wrong_float32_guess_only_costs_time(
+    family: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The float64 pivoting decides: a useless float32 guess still gives the exact answer."""
+    gramian, preferences = make(family, 160, 0), upgrad_preferences(160)
+    expected = project_weights(preferences, gramian)
+    monkeypatch.setattr(_dual_cone, "_rough_guess", lambda qp, x: (x, torch.ones_like(x) > 0))
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, expected, 1e-6)
+
+
+def test_a_failing_float32_pivoting_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A float32 reduced system that is not positive definite: the float64 pivoting takes over."""
+    original = _dual_cone.block_pivoting
+
+    def fails_in_float32(qp, x, active, **kwargs):
+        if qp.matrix.dtype == torch.float32:
+            raise RuntimeError("not numerically positive definite")
+        return original(qp, x, active, **kwargs)
+
+    monkeypatch.setattr(_dual_cone, "block_pivoting", fails_in_float32)
+    gramian, preferences = make(conflicting, 160, 0), upgrad_preferences(160)
+    assert_kkt(project_weights(preferences, gramian), preferences, gramian)
+
+
+def test_stalled_refinement_falls_back_to_float64_cg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_dual_cone_linear, "_REFINEMENTS", 1)
+    gramian, preferences = make(rand, 200, 0), upgrad_preferences(200)
+    assert_kkt(project_weights(preferences, gramian), preferences, gramian)
