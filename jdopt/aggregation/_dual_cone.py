@@ -131,7 +131,7 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     if x is None:
         x = torch.clamp_min(qp.lower, 0)
     mixed = gramian.shape[0] >= _MIXED_MIN_SIZE
-    x, active = _rough_guess(qp, x) if mixed else _guess(qp, x)
+    x, active = _rough_guess(qp, x) if mixed else _guess(qp, x, _PIVOTING_TOLERANCE)
     max_iter, loose_steps = 50 + gramian.shape[0], 0 if mixed else LOOSE_STEPS
     x, product, _ = block_pivoting(
         qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=loose_steps
@@ -141,31 +141,25 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     return weights
 
 
-def _guess(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
-    """A float64 FISTA guess of the solution and of its active set (small ``m``)."""
+def _guess(qp: BoxQP, x: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
+    """FISTA's guess of the solution and of its active set, in the problem's dtype."""
+    small = qp.matrix.shape[0] <= _SMALL
     # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
-    x = accelerated_gradient(qp, x, _WARM_ITERATIONS_SMALL)
-    return x, x <= qp.lower + _PIVOTING_TOLERANCE * qp.scale()
+    x = accelerated_gradient(qp, x, _WARM_ITERATIONS_SMALL if small else _WARM_ITERATIONS_LARGE)
+    return x, x <= qp.lower + tolerance * qp.scale()
 
 
 def _rough_guess(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
-    """A float32 solution and its active set: FISTA, then loose block pivoting.
+    """A float32 solution and its active set: FISTA, then block pivoting to a loose tolerance.
 
     Float32 matrix products are about twice as fast; the float64 pivoting that follows starts
     from this guess and usually only has to confirm it with one exact solve.
     """
-    m = qp.matrix.shape[0]
     rough = BoxQP(qp.matrix.float(), qp.linear.float(), qp.lower.float())
-    x = x.float()
-    # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
-    x = accelerated_gradient(
-        rough, x, _WARM_ITERATIONS_SMALL if m <= _SMALL else _WARM_ITERATIONS_LARGE
-    )
-    active = x <= rough.lower + _ROUGH_TOLERANCE * rough.scale()
+    x, active = _guess(rough, x.float(), _ROUGH_TOLERANCE)
+    max_iter = _ROUGH_MAX_ITER + qp.matrix.shape[0] // 4
     try:
-        x, _, _ = block_pivoting(
-            rough, x, active, tolerance=_ROUGH_TOLERANCE, max_iter=_ROUGH_MAX_ITER + m // 4
-        )
+        x, _, _ = block_pivoting(rough, x, active, tolerance=_ROUGH_TOLERANCE, max_iter=max_iter)
         active = x <= rough.lower  # x ≥ ℓ, with equality exactly on the active set
     except RuntimeError:  # a float32 reduced system is not positive definite: keep FISTA's
         pass

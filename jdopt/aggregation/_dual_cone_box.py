@@ -12,9 +12,9 @@ conditions: ``x ≥ ℓ``, ``g = Mx − b ≥ 0``, ``(x − ℓ) ⊙ g = 0``.
    When a row's number of broken coordinates stops decreasing it falls back to swapping only
    the last one (Murty's rule), which terminates for any positive definite ``M``. The reduced
    systems ``M_FF x_F = (b − M_FA ℓ_A)_F`` are solved by a padded batched Cholesky when every
-   ``|F| ≤ _DIRECT_MAX_SIZE``, by batched CG otherwise (:mod:`._dual_cone_linear`). Both
-   functions run in the problem's dtype; tight float64 CG solves go through float32
-   corrections (:func:`._dual_cone_linear.solve_refined`) to the same tolerance.
+   ``|F| ≤ _DIRECT_MAX_SIZE``, by batched CG otherwise (:mod:`._dual_cone_linear`). All of it
+   runs in the problem's dtype, except tight float64 CG solves: float32 CG corrections of
+   float64 residuals (:func:`._dual_cone_linear.solve_refined`), to the same tolerance.
 
 Kim & Park, *Fast nonnegative matrix factorization: an active-set-like method and
 comparisons*, SIAM J. Sci. Comput. 2011 (block principal pivoting); Hintermüller, Ito &
@@ -25,7 +25,6 @@ Kunisch, *The primal-dual active set strategy as a semismooth Newton method*, SI
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -56,11 +55,6 @@ class BoxQP:
     matrix: Tensor
     linear: Tensor
     lower: Tensor
-
-    @cached_property
-    def rough_matrix(self) -> Tensor:
-        """``M`` in float32, for the corrections of :func:`solve_refined`."""
-        return self.matrix.float()
 
     def scale(self) -> Tensor:
         """``[k, 1]`` the size of each problem's data, to which tolerances are relative."""
@@ -211,17 +205,7 @@ def _solve_reduced(
     else:
         # CG's residual is measured in the 2-norm, the slack coordinate-wise.
         tolerance = 0.3 * (slack if every else slack[rows])
-        budget = 10 * x.shape[1] if tight else _LOOSE_MAX_ITER
-        reduction = 0.0 if tight else _LOOSE_REDUCTION
-        if tight and qp.matrix.dtype == torch.float64:
-            sub_x, exact = solve_refined(
-                qp.matrix, qp.rough_matrix, sub_x, sub_linear, sub_free, tolerance
-            )
-        else:
-            sub_x, exact = solve_cg(
-                qp.matrix, sub_x, sub_linear, sub_free, tolerance, budget, reduction
-            )
-        exact &= tight
+        sub_x, exact = _solve_iterative(qp.matrix, sub_x, sub_linear, sub_free, tolerance, tight)
     if every:
         if sub_x is not x:
             x.copy_(sub_x)
@@ -230,3 +214,15 @@ def _solve_reduced(
         x[rows] = sub_x
         product[rows] = sub_x @ qp.matrix
     return exact
+
+
+def _solve_iterative(
+    matrix: Tensor, x: Tensor, target: Tensor, free: Tensor, tolerance: Tensor, tight: bool
+) -> tuple[Tensor, Tensor]:
+    """CG: loose (a few iterations) or tight, by float32-refined CG for a float64 ``matrix``."""
+    if not tight:
+        x, _ = solve_cg(matrix, x, target, free, tolerance, _LOOSE_MAX_ITER, _LOOSE_REDUCTION)
+        return x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if matrix.dtype == torch.float64:
+        return solve_refined(matrix, x, target, free, tolerance)
+    return solve_cg(matrix, x, target, free, tolerance, 10 * x.shape[1])

@@ -137,15 +137,15 @@ def solve_cg(
 
 
 def solve_refined(
-    matrix: Tensor, rough: Tensor, x: Tensor, target: Tensor, free: Tensor, tolerance: Tensor
+    matrix: Tensor, x: Tensor, target: Tensor, free: Tensor, tolerance: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """:func:`solve_cg` to ``tolerance`` with float32 CG corrections ``rough`` ≈ ``matrix``.
+    """:func:`solve_cg` on a float64 ``matrix`` to ``tolerance``, by float32 CG corrections.
 
     Each round computes the float64 residual, on which float32 CG gains ``_ROUGH_REDUCTION``
     (float32 cannot do much better). Rows that stall are finished by float64 :func:`solve_cg`.
     Returns ``(x, converged)`` like :func:`solve_cg`.
     """
-    mask = free.to(matrix.dtype)
+    mask, rough = free.to(matrix.dtype), matrix.float()
     for _ in range(_REFINEMENTS):
         residual = (target - x @ matrix).mul_(mask)
         converged = residual.norm(dim=1, keepdim=True) <= tolerance
