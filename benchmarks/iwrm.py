@@ -4,7 +4,9 @@ Every sample's cross-entropy is its own objective. For each model and batch size
 are timed interleaved in one process (medians after warm-up): plain SGD on the mean loss,
 ``JDOptimizer`` with UPGrad, and with Mean (the cost of the Gramian engine alone). Peak memory
 of each is measured in a fresh process. When TorchJD is installed, its autogram engine with
-UPGrad is timed on the same work.
+UPGrad is timed on the same work, interleaved with the plain step in a second round (its memory
+traffic would slow the others down); its time is reported scaled to the first round's plain
+step.
 
     python benchmarks/iwrm.py [--batch 16 64 256] [--repeats 30] [--device cpu] [--no-memory]
 """
@@ -123,8 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         for batch in args.batch:
             steps = make_steps(name, batch, args.device)
+            torchjd = steps.pop("torchjd", None)
             times = interleaved_medians(steps, repeats=args.repeats)
             plain = times["plain"]
+            if torchjd is not None:  # timed apart: its memory traffic would slow the others
+                pair = interleaved_medians(
+                    {"plain": steps["plain"], "torchjd": torchjd}, repeats=max(args.repeats // 5, 3)
+                )
+                times["torchjd"] = pair["torchjd"] * plain / pair["plain"]
 
             def cell(key: str, t: dict = times, base: float = plain) -> str:
                 return f"{t[key] * 1e3:7.1f} ({t[key] / base:4.2f}x)" if key in t else "—".rjust(14)

@@ -161,7 +161,8 @@ class Engine:
             gramian = _sum(parts)
             shape = losses.shape
         self._last = step
-        if not bool((order[1:] > order[:-1]).all()):  # the losses' order is not (s, b)
+        if layout.per_sample and layout.slices > 1 and shape[self.batch_dim] > 1:
+            # Objectives are (s, b), slices first; the losses' flat order is another one.
             inverse = torch.argsort(order)
             gramian = gramian[inverse][:, inverse]
         return _generalize(gramian, shape)
