@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..distributed._collectives import all_gather_cat, all_reduce_, local_sizes, world_size
+from ..distributed._collectives import all_gather_cat, all_reduce_, local_sizes
 from ._layout import Layout
 from ._rules import Rule, Use
 
@@ -30,11 +30,14 @@ _GATHERABLE = (
 )
 
 
-def gathered_uses(rules: Sequence[Rule], uses: dict[int, list[Use]]) -> dict[int, list[Use]]:
+def gathered_uses(
+    rules: Sequence[Rule], uses: dict[int, list[Use]], device: torch.device
+) -> dict[int, list[Use]]:
     """Every process's calls of the rules whose formulas only need inputs and output
     gradients, concatenated along the batch (one gathered call per local call)."""
-    counts = torch.tensor([len(uses[id(rule)]) for rule in rules])
-    if not bool((torch.stack(_all(counts)) == counts).all()):
+    # On the computation's device: NCCL only communicates CUDA tensors.
+    counts = torch.tensor([len(uses[id(rule)]) for rule in rules], device=device)
+    if not bool((all_gather_cat(counts.unsqueeze(0), 0) == counts).all()):
         raise RuntimeError(
             "The processes called the hooked modules a different number of times in this step. "
             "Every process must run the same model code on its share of the batch."
@@ -66,11 +69,3 @@ def batch_sizes(local: int, device: torch.device) -> list[int]:
 def reduce_grads(grads: list[Tensor], layout: Layout) -> None:
     """Sums the processes' weighted gradients (averages them without a batch dimension)."""
     all_reduce_(grads, mean=not layout.per_sample)
-
-
-def _all(tensor: Tensor) -> list[Tensor]:
-    from torch import distributed as dist
-
-    parts = [torch.empty_like(tensor) for _ in range(world_size())]
-    dist.all_gather(parts, tensor)
-    return parts

@@ -187,7 +187,7 @@ class Engine:
             step.offset = sum(sizes[: rank()])
             shape[self.batch_dim] = sum(sizes)
         step.global_shape = torch.Size(shape)
-        gathered = gathered_uses(self._rules, uses)
+        gathered = gathered_uses(self._rules, uses, step.order.device)
         scale = 1.0 if layout.per_sample else 1.0 / world_size()
 
         def rows(rule: Rule, names: list[str]) -> Tensor:
