@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -156,7 +157,13 @@ class Engine:
                 rule.gramian(uses[id(rule)], own, layout)
                 for rule, own in self._own_names(uses, fallback)
             ]
-            parts.extend(self._tied_gramians(uses, layout, fallback))
+            parts.extend(
+                self._tied_gramians(
+                    uses,
+                    fallback,
+                    lambda rule, name: rule.per_objective(uses[id(rule)], name, layout),
+                )
+            )
             parts.extend(grads @ grads.T for grads in from_losses.values())
             gramian = _sum(parts)
             shape = losses.shape
@@ -204,10 +211,7 @@ class Engine:
             else:
                 part = rows(rule, own)
                 parts.append(part @ part.T)
-        for key, owners in self._owners.items():
-            if len(owners) > 1 and key not in fallback:
-                tied = sum(rows(rule, [name]) for rule, name in owners if uses[id(rule)])
-                parts.append(tied @ tied.T)
+        parts.extend(self._tied_gramians(uses, fallback, lambda rule, name: rows(rule, [name])))
         for grads in step.from_losses.values():
             total = combine_rows(grads, layout)
             parts.append(total @ total.T)
@@ -346,25 +350,22 @@ class Engine:
             )
 
     def _tied_gramians(
-        self, uses: dict[int, list[Use]], layout: Layout, fallback: dict[int, nn.Parameter]
+        self,
+        uses: dict[int, list[Use]],
+        fallback: dict[int, nn.Parameter],
+        rows: Callable[[Rule, str], Tensor],
     ) -> list[Tensor]:
-        """Parameters used by several closed-form modules: sum their gradients first."""
+        """Parameters used by several closed-form modules: sum their per-objective gradients
+        (``rows(rule, name)``, ``[R, numel]``) over the owners first, then square."""
         parts = []
         for key, owners in self._owners.items():
             if len(owners) == 1 or key in fallback:
                 continue
-            grads = [
-                rule.per_objective(uses[id(rule)], name, layout)
-                for rule, name in owners
-                if uses[id(rule)]
-            ]
+            grads = [rows(rule, name) for rule, name in owners if uses[id(rule)]]
             if grads:
                 summed = torch.stack(grads).sum(dim=0)
                 parts.append(summed @ summed.T)
         return parts
-
-    def _dtype(self, losses: Tensor) -> torch.dtype:
-        return self._rules[0].param(self._rules[0].names[0]).dtype if self._rules else losses.dtype
 
     # ------------------------------------------------------------------ weighted gradients
     def accumulate_grads(self, weights: Tensor) -> None:
