@@ -1,7 +1,10 @@
 """Multi-task step time: JDOptimizer (mtl, UPGrad) vs one backward of the summed losses.
 
-A trunk MLP (64 → 256 → 256) feeds k linear heads; batch 64. Both variants use SGD on the same
-model and batch, timed interleaved in one process (medians after warm-up).
+A trunk MLP (64 → 256 → 256) feeds k linear heads; batch 64. All variants use SGD on the same
+model and batch, timed interleaved in one process (medians after warm-up). The JD step gets the
+task losses as a list (as ``mtl_backward`` takes them: each task then goes through its own head
+only) and, in the last column, as one stacked tensor (a batched pass through every head for
+every task: ``k²`` head passes).
 
     python benchmarks/mtl.py [--tasks 2 10 40] [--repeats 50]
 """
@@ -33,9 +36,7 @@ def setup(k: int, batch: int) -> tuple:
 
 def losses_of(trunk: nn.Module, heads: nn.ModuleList, x: torch.Tensor, y: torch.Tensor):
     features = trunk(x)
-    losses = torch.stack(
-        [((h(features).squeeze(1) - y[:, i]) ** 2).mean() for i, h in enumerate(heads)]
-    )
+    losses = [((h(features).squeeze(1) - y[:, i]) ** 2).mean() for i, h in enumerate(heads)]
     return losses, features
 
 
@@ -46,11 +47,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print(f"{'k':>4} {'sum step (ms)':>14} {'JD step (ms)':>13} {'ratio':>6}")
+    print(f"{'k':>4} {'sum step (ms)':>14} {'JD step (ms)':>13} {'ratio':>6} {'stacked':>8}")
     for k in args.tasks:
         times = bench(k, args.batch, args.repeats)
-        ratio = times["jd"] / times["sum"]
-        print(f"{k:>4} {times['sum'] * 1e3:>14.2f} {times['jd'] * 1e3:>13.2f} {ratio:>6.2f}")
+        ratio, stacked = times["jd"] / times["sum"], times["stacked"] / times["sum"]
+        print(
+            f"{k:>4} {times['sum'] * 1e3:>14.2f} {times['jd'] * 1e3:>13.2f} {ratio:>6.2f} "
+            f"{stacked:>8.2f}"
+        )
 
 
 def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
@@ -61,7 +65,7 @@ def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
     def plain_step() -> None:
         losses, _ = losses_of(trunk, heads, x, y)
         plain.zero_grad()
-        losses.sum().backward()
+        torch.stack(losses).sum().backward()
         plain.step()
 
     def jd_step() -> None:
@@ -69,7 +73,13 @@ def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
         jd.zero_grad()
         jd.step(losses, features=features)
 
-    return interleaved_medians({"sum": plain_step, "jd": jd_step}, repeats=repeats)
+    def stacked_step() -> None:
+        losses, features = losses_of(trunk, heads, x, y)
+        jd.zero_grad()
+        jd.step(torch.stack(losses), features=features)
+
+    steps = {"sum": plain_step, "jd": jd_step, "stacked": stacked_step}
+    return interleaved_medians(steps, repeats=repeats)
 
 
 if __name__ == "__main__":

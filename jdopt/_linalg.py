@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -18,6 +19,19 @@ def compute_gramian(matrix: Tensor, /) -> Tensor:
         ``[m, m]``.
     """
     gramian = matrix @ matrix.T
+    return (gramian + gramian.T) / 2
+
+
+def sum_of_gramians(blocks: Sequence[Tensor], /) -> Tensor:
+    """Returns the Gramian of the column-wise concatenation of ``blocks`` ``[m, nᵢ]``, ``[m, m]``.
+
+    ``Σᵢ Bᵢ Bᵢᵀ`` in the promoted dtype, symmetrised: the Gramian of a Jacobian kept as one block
+    per parameter, without concatenating it.
+    """
+    dtype = blocks[0].dtype
+    for block in blocks[1:]:
+        dtype = torch.promote_types(dtype, block.dtype)
+    gramian = sum(b.to(dtype) @ b.to(dtype).T for b in blocks)
     return (gramian + gramian.T) / 2
 
 

@@ -13,11 +13,11 @@ from ._arguments import check_arguments, choose_engine, modules_of
 from ._ddp import check_wrapping, is_ddp, sync_grads, take_over_gradient_sync
 from ._delegate import DelegatingOptimizer
 from ._diagnostics import StepInfo, step_info
-from ._linalg import compute_gramian, flatten_generalized
+from ._linalg import compute_gramian, flatten_generalized, sum_of_gramians
 from ._losses import as_losses, check_chunk_size, check_finite_losses
 from .aggregation import Aggregator, GramianWeightedAggregator, UPGrad, Weighting
 from .autogram import Engine
-from .autojac._accumulate import accumulate, add_grad
+from .autojac._accumulate import accumulate, add_grad, flatten_rows
 from .autojac._backward import compute_jacobian
 from .autojac._graph import reached_leaves
 from .autojac._mtl_backward import check_features, compute_mtl_jacobian
@@ -154,19 +154,20 @@ class JDOptimizer(DelegatingOptimizer):
                 "JDOptimizer.step does not take a closure. Compute the losses and call "
                 "`jd.step(losses)` (or `jd.backward(losses)` then `jd.step()`)."
             )
+        tasks = None if isinstance(losses, Tensor) else list(losses)
         losses = as_losses(losses)
         if self.scaler is None:
             check_finite_losses(losses)
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         if features is not None:
-            self._backward_mtl(losses, check_features(features), params)
+            self._backward_mtl(losses, check_features(features), params, tasks)
         elif self._gramian_engine is not None:
             self._backward_autogram(losses, params)
         elif self._distributed:
             self._backward_autojac_distributed(losses, params)
         else:
-            jacobian, used = compute_jacobian(losses, params, False, self.parallel_chunk_size)
-            accumulate(self._aggregate(jacobian, losses.shape, "autojac"), used)
+            blocks, used = compute_jacobian(losses, params, False, self.parallel_chunk_size)
+            accumulate(self._aggregate(blocks, losses.shape, "autojac"), used)
 
     def _backward_autogram(self, losses: Tensor, params: list[Tensor]) -> None:
         engine = self._gramian_engine
@@ -196,47 +197,62 @@ class JDOptimizer(DelegatingOptimizer):
     def _backward_autojac_distributed(self, losses: Tensor, params: list[Tensor]) -> None:
         """The Jacobian of every process's losses: rows gathered (per-sample losses) or
         averaged (the mean of the processes' losses, as DDP averages gradients)."""
-        jacobian, _ = compute_jacobian(losses, params, False, self.parallel_chunk_size, zeros=True)
-        shape = losses.shape
+        blocks, _ = compute_jacobian(losses, params, False, self.parallel_chunk_size, zeros=True)
+        jacobian, shape = flatten_rows(blocks), losses.shape
         if self.batch_dim is None:
             all_reduce_([jacobian], mean=True)
         else:
             rows = jacobian.reshape(*shape, -1).movedim(self.batch_dim, 0)
             rows = all_gather_cat(rows, 0).movedim(0, self.batch_dim)
             shape, jacobian = rows.shape[:-1], rows.reshape(-1, jacobian.shape[1])
-        update = broadcast_(self._aggregate(jacobian, shape, "autojac"))
-        accumulate(update, params)
+        update = self._aggregate([jacobian], shape, "autojac")[0]
+        accumulate(broadcast_(update), params)
 
-    def _backward_mtl(self, losses: Tensor, features: list[Tensor], params: list[Tensor]) -> None:
+    def _backward_mtl(
+        self,
+        losses: Tensor,
+        features: list[Tensor],
+        params: list[Tensor],
+        tasks: list[Tensor] | None,
+    ) -> None:
         upstream = {id(t) for t in reached_leaves(features)}
         shared = [p for p in params if id(p) in upstream]
         heads = [p for p in params if id(p) not in upstream]
-        jacobian, used, head_grads = compute_mtl_jacobian(
-            losses, features, shared, heads, False, self.parallel_chunk_size
+        blocks, used, head_grads = compute_mtl_jacobian(
+            losses, features, shared, heads, False, self.parallel_chunk_size, tasks
         )
         if self._distributed:  # the mean of the processes' task losses, as DDP would average
-            all_reduce_([jacobian, *(g for _, g in head_grads)], mean=True)
-        update = self._aggregate(jacobian, losses.shape, "autojac-mtl")
-        accumulate(broadcast_(update) if self._distributed else update, used)
+            all_reduce_([*blocks, *(g for _, g in head_grads)], mean=True)
+        update = self._aggregate(blocks, losses.shape, "autojac-mtl")
+        if self._distributed:  # one buffer: identical updates, whatever the method's randomness
+            update = broadcast_(torch.cat(update)).split([p.numel() for p in used])
+        accumulate(update, used)
         for param, grad in head_grads:
             add_grad(param, grad)
 
-    def _aggregate(self, jacobian: Tensor, shape: torch.Size, engine: str) -> Tensor:
-        """The update ``[n]`` from the Jacobian (in the scaler's space)."""
+    def _aggregate(self, blocks: list[Tensor], shape: torch.Size, engine: str) -> list[Tensor]:
+        """The update, one block per block ``[m, nᵢ]`` of the Jacobian (in the scaler's space).
+
+        A Gramian-based method never needs the Jacobian as one matrix: its Gramian is the sum
+        of the blocks' Gramians and its update ``wᵀJ`` is computed block by block.
+        """
         scale = _scale(self.scaler)
-        jacobian = jacobian / scale if scale != 1.0 else jacobian
-        gramian = compute_gramian(jacobian)
         if isinstance(self.aggregator, GramianWeightedAggregator):
-            weights = self._weights(gramian, shape, engine)
-            update = None if weights is None else weights.reshape(-1) @ jacobian
+            gramian = sum_of_gramians(blocks)
+            weights = self._weights(gramian / scale**2 if scale != 1.0 else gramian, shape, engine)
+            if weights is not None:
+                weights = weights.reshape(-1)
+                return [weights.to(block.dtype) @ block for block in blocks]
         else:
-            update = None
+            jacobian = flatten_rows(blocks)
+            jacobian = jacobian / scale if scale != 1.0 else jacobian
+            gramian = compute_gramian(jacobian)
             if self._finite(gramian, engine):
                 update = self.aggregator(jacobian)
                 self.last_step = step_info(engine, gramian, None, skipped=False)
-        if update is None:
-            return jacobian.new_full((jacobian.shape[1],), torch.nan)
-        return update * scale if scale != 1.0 else update
+                update = update * scale if scale != 1.0 else update
+                return list(update.split([block.shape[1] for block in blocks]))
+        return [block.new_full((block.shape[1],), torch.nan) for block in blocks]
 
     def _weights(self, gramian: Tensor, shape: torch.Size, engine: str) -> Tensor | None:
         """Weights in the losses' shape, or ``None`` when the Gramian is not finite."""

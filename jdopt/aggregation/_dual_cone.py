@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ._checks import check_choice
 from ._dual_cone_box import LOOSE_STEPS, BoxQP, accelerated_gradient, block_pivoting
+from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
 from ._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
 
 SOLVERS = ("native", *REFERENCE_SOLVERS)
@@ -130,12 +131,16 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
         qp, x, unit = BoxQP(scaled, torch.zeros_like(lower), lower), start, None
     if x is None:
         x = torch.clamp_min(qp.lower, 0)
-    mixed = gramian.shape[0] >= _MIXED_MIN_SIZE
+    m = gramian.shape[0]
+    mixed = m >= _MIXED_MIN_SIZE
     x, active = _rough_guess(qp, x) if mixed else _guess(qp, x, _PIVOTING_TOLERANCE)
-    max_iter, loose_steps = 50 + gramian.shape[0], 0 if mixed else LOOSE_STEPS
-    x, product, _ = block_pivoting(
-        qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=loose_steps
-    )
+    max_iter, loose_steps = 50 + m, 0 if mixed else LOOSE_STEPS
+    if m <= SMALL_MAX_SIZE:
+        x, product, _ = pivot_small(qp, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter)
+    else:
+        x, product, _ = block_pivoting(
+            qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=loose_steps
+        )
     weights = torch.maximum((x if unit is None else product / unit) / root, preferences)
     _check_accuracy(weights, preferences, gramian)
     return weights

@@ -18,6 +18,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+NOT_DEFINITE = (
+    "A principal submatrix of the Gramian is not numerically positive definite, so the "
+    "dual-cone projection cannot be solved exactly. Regularise the Gramian more (a larger "
+    "`reg_eps`), or use solver='quadprog'."
+)
+
 # Iterative refinement: rounds, and the residual reduction of float32 CG in each.
 _REFINEMENTS, _ROUGH_REDUCTION = 6, 1e-3
 
@@ -57,23 +63,31 @@ def solve_direct(padded: Tensor, free: Tensor, target: Tensor, fixed: Tensor) ->
         return fixed
     # Each row's free coordinates first; the padding points into the identity block, at
     # distinct places, so that the gathered [k, size, size] matrices are block diagonal.
-    order = torch.argsort((~free).to(torch.uint8), dim=1, stable=True)[:, :size]
+    order = free_first(free, size)
     padding = torch.arange(size, device=free.device) >= sizes
     index = order + m * padding
-    reduced = padded.take(index.unsqueeze(2) * (2 * m) + index.unsqueeze(1))
+    flat = (index.unsqueeze(2) * (2 * m) + index.unsqueeze(1)).reshape(-1)
+    reduced = padded.reshape(-1).index_select(0, flat).reshape(-1, size, size)
     factor, info = torch.linalg.cholesky_ex(reduced)
     if bool(info.any()):
-        raise RuntimeError(
-            "A principal submatrix of the Gramian is not numerically positive definite, so the "
-            "dual-cone projection cannot be solved exactly. Regularise the Gramian more (a "
-            "larger `reg_eps`), or use solver='quadprog'."
-        )
+        raise RuntimeError(NOT_DEFINITE)
     half = torch.linalg.solve_triangular(
         factor, (rhs.gather(1, order) * ~padding).unsqueeze(2), upper=False
     )
     solution = torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(2)
     spread = torch.zeros(free.shape[0], 2 * m, dtype=fixed.dtype, device=fixed.device)
     return spread.scatter_(1, index, solution)[:, :m].add_(fixed)
+
+
+def free_first(free: Tensor, size: int) -> Tensor:
+    """Returns ``[k, size]``: each row's free coordinates in increasing order, then its others.
+
+    What a stable argsort of ``~free`` gives, from a cumulative sum and one scatter.
+    """
+    positions = torch.arange(free.shape[1], device=free.device).expand_as(free)
+    rank = free.cumsum(dim=1)  # among the free coordinates, from 1
+    slots = torch.where(free, rank - 1, rank[:, -1:] + positions - rank)
+    return torch.empty_like(slots).scatter_(1, slots, positions)[:, :size]
 
 
 def solve_cg(

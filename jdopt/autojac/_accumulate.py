@@ -14,9 +14,12 @@ def flatten_rows(rows: Sequence[Tensor]) -> Tensor:
     return rows[0].reshape(m, -1) if len(rows) == 1 else _cat([r.reshape(m, -1) for r in rows])
 
 
-def accumulate(update: Tensor, params: Sequence[Tensor]) -> None:
-    """Adds the slices of ``update [n]`` to the ``.grad`` of ``params``, as ``backward`` would."""
-    for param, flat in zip(params, update.split([p.numel() for p in params]), strict=True):
+def accumulate(update: Tensor | Sequence[Tensor], params: Sequence[Tensor]) -> None:
+    """Adds the slices of ``update [n]`` (or its blocks, one per parameter) to the ``.grad`` of
+    ``params``, as ``backward`` would."""
+    if isinstance(update, Tensor):
+        update = update.split([p.numel() for p in params])
+    for param, flat in zip(params, update, strict=True):
         add_grad(param, flat.reshape(param.shape))
 
 

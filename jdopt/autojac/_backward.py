@@ -49,8 +49,8 @@ def backward(
     losses = as_losses(losses)
     check_chunk_size(parallel_chunk_size)
     inputs = check_inputs(reached_leaves([losses]) if inputs is None else inputs, "inputs")
-    jacobian, used = compute_jacobian(losses, inputs, retain_graph, parallel_chunk_size)
-    accumulate(aggregator(jacobian), used)
+    blocks, used = compute_jacobian(losses, inputs, retain_graph, parallel_chunk_size)
+    accumulate(aggregator(flatten_rows(blocks)), used)
 
 
 def compute_jacobian(
@@ -60,9 +60,13 @@ def compute_jacobian(
     chunk_size: int | None,
     *,
     zeros: bool = False,
-) -> tuple[Tensor, list[Tensor]]:
-    """Returns the Jacobian ``[m, n]`` over the inputs that ``losses`` reach, and those inputs
-    (over every input, with zero columns for the unreached ones, when ``zeros``)."""
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Returns the Jacobian over the inputs that ``losses`` reach, and those inputs (over every
+    input, with zero columns for the unreached ones, when ``zeros``).
+
+    The Jacobian is one block ``[m, input.numel()]`` per input, in the inputs' order:
+    :func:`~._accumulate.flatten_rows` makes it the ``[m, n]`` matrix.
+    """
     rows = jacobian_rows(
         [losses],
         inputs,
@@ -82,4 +86,4 @@ def compute_jacobian(
             "losses are computed from (for JDOptimizer: build the wrapped optimizer on the "
             "parameters of the model that computes the losses)."
         )
-    return flatten_rows([row for row in rows if row is not None]), used
+    return [row.reshape(row.shape[0], -1) for row in rows if row is not None], used

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+import torch
 from torch import Tensor
 
 from .._losses import as_losses, check_chunk_size, check_inputs
@@ -38,6 +39,7 @@ def mtl_backward(
         retain_graph: keep the graph for another backward pass.
         parallel_chunk_size: rows per batched backward pass (see :func:`backward`).
     """
+    tasks = None if isinstance(losses, Tensor) else list(losses)
     losses = as_losses(losses)
     features = check_features(features)
     check_chunk_size(parallel_chunk_size)
@@ -48,10 +50,10 @@ def mtl_backward(
         heads = reached_leaves([losses], stop_at=features)
     else:
         heads = _flatten_tasks_params(tasks_params, losses)
-    jacobian, used, head_grads = compute_mtl_jacobian(
-        losses, features, shared, heads, retain_graph, parallel_chunk_size
+    blocks, used, head_grads = compute_mtl_jacobian(
+        losses, features, shared, heads, retain_graph, parallel_chunk_size, tasks
     )
-    accumulate(aggregator(jacobian), used)
+    accumulate(aggregator(flatten_rows(blocks)), used)
     for param, grad in head_grads:
         add_grad(param, grad)
 
@@ -63,12 +65,23 @@ def compute_mtl_jacobian(
     heads: Sequence[Tensor],
     retain_graph: bool,
     chunk_size: int | None,
-) -> tuple[Tensor, list[Tensor], list[tuple[Tensor, Tensor]]]:
-    """The shared Jacobian ``[k, n]``, the shared inputs it covers, and the heads' gradients.
+    tasks: Sequence[Tensor] | None = None,
+) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]]:
+    """The shared Jacobian, the shared inputs it covers, and the heads' gradients.
 
+    The Jacobian is one block ``[k, p.numel()]`` per covered shared parameter ``p``.
     A head parameter reached by the losses gets the gradient of ``Σᵢ losses[i]``, so a
     parameter of task ``i`` only gets ``∂losses[i]/∂θ``; unreached ones are left out.
+
+    ``tasks``: the tensors that ``losses`` concatenates, when it was given as a sequence. Then,
+    unless some shared parameter also reaches the losses around ``features``, the pass is
+    split in two (:func:`_two_stage`), which costs ``k`` head backward passes instead of
+    ``k²`` (a batched pass over all ``k`` rows runs every head for every row).
     """
+    if tasks is not None and len(tasks) > 1:
+        around = {id(p) for p in reached_leaves(tasks, stop_at=features)}
+        if not any(id(p) in around for p in shared):
+            return _two_stage(tasks, features, shared, heads, retain_graph, chunk_size)
     inputs = [*features, *shared, *heads]
     rows = jacobian_rows(
         [losses],
@@ -78,20 +91,73 @@ def compute_mtl_jacobian(
         chunk_size=chunk_size,
     )
     if all(row is None for row in rows[: len(features)]):
-        raise ValueError(
-            "The losses do not depend on `features`. Pass the shared trunk's output that the "
-            "task heads take as input."
-        )
+        raise ValueError(_NO_FEATURES)
     shared_rows = rows[len(features) : len(features) + len(shared)]
-    used = [p for p, row in zip(shared, shared_rows, strict=True) if row is not None]
-    if not used:
-        raise ValueError("`features` do not depend on any shared parameter.")
-    jacobian = flatten_rows([row for row in shared_rows if row is not None])
     head_rows = rows[len(features) + len(shared) :]
     head_grads = [
         (h, row.sum(dim=0)) for h, row in zip(heads, head_rows, strict=True) if row is not None
     ]
-    return jacobian, used, head_grads
+    return *_shared_blocks(shared, shared_rows), head_grads
+
+
+def _two_stage(
+    tasks: Sequence[Tensor],
+    features: Sequence[Tensor],
+    shared: Sequence[Tensor],
+    heads: Sequence[Tensor],
+    retain_graph: bool,
+    chunk_size: int | None,
+) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]]:
+    """:func:`compute_mtl_jacobian` in two stages: each task through its own head to the
+    features and head parameters, then all rows at once through the trunk.
+
+    Exact when the shared parameters reach the losses only through ``features``.
+    """
+    feature_parts: list[list[Tensor]] = [[] for _ in features]
+    reached = [False] * len(features)
+    head_sums: list[Tensor | None] = [None] * len(heads)
+    for task in tasks:
+        rows = jacobian_rows(
+            [task],
+            [*features, *heads],
+            [identity_rows(task)],
+            retain_graph=True,
+            chunk_size=chunk_size,
+        )
+        for j, (feature, row) in enumerate(zip(features, rows[: len(features)], strict=True)):
+            reached[j] = reached[j] or row is not None
+            if row is None:
+                row = feature.new_zeros(task.numel(), *feature.shape)
+            feature_parts[j].append(row)
+        for i, row in enumerate(rows[len(features) :]):
+            if row is not None:
+                head_sums[i] = row.sum(dim=0) + (0 if head_sums[i] is None else head_sums[i])
+    if not any(reached):
+        raise ValueError(_NO_FEATURES)
+    shared_rows = jacobian_rows(
+        [f for f, r in zip(features, reached, strict=True) if r],
+        shared,
+        [torch.cat(parts) for parts, r in zip(feature_parts, reached, strict=True) if r],
+        retain_graph=retain_graph,
+        chunk_size=chunk_size,
+    )
+    head_grads = [(h, g) for h, g in zip(heads, head_sums, strict=True) if g is not None]
+    return *_shared_blocks(shared, shared_rows), head_grads
+
+
+def _shared_blocks(
+    shared: Sequence[Tensor], rows: Sequence[Tensor | None]
+) -> tuple[list[Tensor], list[Tensor]]:
+    used = [p for p, row in zip(shared, rows, strict=True) if row is not None]
+    if not used:
+        raise ValueError("`features` do not depend on any shared parameter.")
+    return [row.reshape(row.shape[0], -1) for row in rows if row is not None], used
+
+
+_NO_FEATURES = (
+    "The losses do not depend on `features`. Pass the shared trunk's output that the task "
+    "heads take as input."
+)
 
 
 def check_features(features: object) -> list[Tensor]:

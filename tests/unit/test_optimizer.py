@@ -87,6 +87,27 @@ def test_weighting_is_accepted_and_diagnostics_are_right() -> None:
     assert float(info.conflict_fraction) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    "make_aggregator",
+    [
+        agg.UPGrad,
+        agg.MGDA,
+        agg.ConFIG,
+        lambda: agg.TrimmedMean(1),
+        lambda: agg.GradDrop(generator=torch.Generator().manual_seed(0)),
+    ],
+)
+def test_gradients_are_the_aggregated_jacobian(make_aggregator) -> None:
+    """Gramian methods work on the Jacobian's blocks, the others on the matrix: same result."""
+    model = _model()
+    losses = _losses(model, 0)
+    expected = make_aggregator()(jacobian_by_rows(losses, list(model.parameters())))
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=make_aggregator())
+    jd.backward(losses)
+    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert torch.allclose(grads, expected, atol=1e-10)
+
+
 def test_jacobian_only_aggregator_has_no_weights() -> None:
     model = _model()
     jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=agg.TrimmedMean(1))
@@ -94,7 +115,8 @@ def test_jacobian_only_aggregator_has_no_weights() -> None:
     assert jd.last_step.weights is None
 
 
-def test_multi_task_with_features() -> None:
+@pytest.mark.parametrize("as_list", [False, True])
+def test_multi_task_with_features(as_list: bool) -> None:
     torch.manual_seed(0)
     trunk = nn.Linear(3, 4).double()
     heads = nn.ModuleList(nn.Linear(4, 1).double() for _ in range(3))
@@ -102,9 +124,10 @@ def test_multi_task_with_features() -> None:
     jd = JDOptimizer(torch.optim.SGD(params, lr=0.1), aggregator=agg.Sum())
     x = torch.randn(5, 3, dtype=torch.float64)
     features = trunk(x)
-    losses = torch.stack([h(features).pow(2).mean() for h in heads])
+    tasks = [h(features).pow(2).mean() for h in heads]
+    losses = torch.stack(tasks)
     expected = [g.clone() for g in torch.autograd.grad(losses.sum(), params, retain_graph=True)]
-    jd.backward(losses, features=features)
+    jd.backward(tasks if as_list else losses, features=features)
     assert jd.last_step.engine == "autojac-mtl"
     for p, g in zip(params, expected, strict=True):
         assert torch.allclose(p.grad, g, atol=1e-12)

@@ -15,7 +15,9 @@ from torch import Tensor
 from jdopt._linalg import normalize, regularize
 from jdopt.aggregation import _dual_cone, _dual_cone_linear
 from jdopt.aggregation._dual_cone import SOLVERS, project_weights
+from jdopt.aggregation._dual_cone_box import largest_eigenvalue
 from jdopt.aggregation._dual_cone_linear import pad_with_identity, solve_direct
+from jdopt.aggregation._dual_cone_small import solve_masked
 
 F64 = torch.float64
 N = 60  # columns of the Jacobians
@@ -235,21 +237,57 @@ def test_unknown_solver() -> None:
         project_weights(torch.eye(2), torch.eye(2), solver="cvxpy")
 
 
-def test_raises_instead_of_returning_inaccurate_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    def gives_up(qp, x, active, **_):
+@pytest.mark.parametrize(("pivoting", "m"), [("block_pivoting", 40), ("pivot_small", 6)])
+def test_raises_instead_of_returning_inaccurate_weights(
+    pivoting: str, m: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gives_up(qp, *_, **__):
+        x = qp.lower.clamp_min(0)
         return x, x @ qp.matrix, False
 
-    monkeypatch.setattr(_dual_cone, "block_pivoting", gives_up)
-    gramian, preferences = make(conflicting, 6, 0), upgrad_preferences(6)
+    monkeypatch.setattr(_dual_cone, pivoting, gives_up)
+    gramian, preferences = make(conflicting, m, 0), upgrad_preferences(m)
     with pytest.raises(RuntimeError, match=r"KKT residual of .* only"):
         project_weights(preferences, gramian)
 
 
-def test_direct_solve_refuses_a_singular_reduced_system() -> None:
-    padded = pad_with_identity(torch.ones(3, 3, dtype=F64))
-    free = torch.tensor([[True, True, False]])
+@pytest.mark.parametrize("solve", ["direct", "masked"])
+def test_exact_reduced_solves_refuse_a_singular_system(solve: str) -> None:
+    matrix, free = torch.ones(3, 3, dtype=F64), torch.tensor([[True, True, False]])
+    target, fixed = torch.ones(1, 3, dtype=F64), torch.zeros(1, 3, dtype=F64)
     with pytest.raises(RuntimeError, match="not numerically positive definite"):
-        solve_direct(padded, free, torch.ones(1, 3, dtype=F64), torch.zeros(1, 3, dtype=F64))
+        if solve == "direct":
+            solve_direct(pad_with_identity(matrix), free, target, fixed)
+        else:
+            solve_masked(matrix, torch.eye(3, dtype=F64), free, target, fixed)
+
+
+def test_exact_reduced_solves_match_a_row_by_row_solve() -> None:
+    g = torch.Generator().manual_seed(0)
+    jacobian = rand(9, g)
+    matrix = jacobian @ jacobian.T
+    free = torch.rand(7, 9, generator=g) < 0.5
+    free[0], free[1] = True, False  # all free, none free
+    target, fixed = _randn(g, 7, 9), _randn(g, 7, 9)
+    direct = solve_direct(pad_with_identity(matrix), free, target, fixed)
+    masked = solve_masked(matrix, torch.eye(9, dtype=F64), free, target, fixed)
+    for row in range(7):
+        f, a = free[row], ~free[row]
+        expected = fixed[row].clone()
+        rhs = target[row, f] - matrix[f][:, a] @ fixed[row, a]
+        expected[f] = torch.linalg.solve(matrix[f][:, f], rhs)
+        assert torch.allclose(direct[row], expected, atol=1e-10)
+        assert torch.allclose(masked[row], expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("m", [1, 5, 60, 300])
+def test_the_step_size_bound_is_above_the_largest_eigenvalue(m: int) -> None:
+    g = torch.Generator().manual_seed(m)
+    for jacobian in (rand(m, g), low_rank(m, g), torch.ones(m, N, dtype=F64)):
+        matrix = jacobian @ jacobian.T + 1e-4 * torch.eye(m, dtype=F64)
+        largest = float(torch.linalg.eigvalsh(matrix)[-1])
+        bound = largest_eigenvalue(matrix)
+        assert largest * (1 - 1e-9) <= bound <= 1.5 * largest
 
 
 @pytest.mark.parametrize("family", [rand, low_rank])

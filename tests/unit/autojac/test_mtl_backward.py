@@ -77,3 +77,50 @@ def test_default_shared_params_are_upstream_of_features() -> None:
     mtl_backward(losses, features, Recorder())
     grads = torch.cat([p.grad.reshape(-1) for p in shared])
     assert torch.allclose(grads, expected, atol=1e-12)
+
+
+def _task_list(trunk: nn.Module, heads: list[nn.Module], x: torch.Tensor, *, tied: bool):
+    """Task losses as a list (one tensor per task, of several shapes); with ``tied``, the last
+    head also uses the trunk's first weight directly (a path around the features)."""
+    features = trunk(x)
+    tasks = [(heads[0](features) ** 2).mean(), (heads[1](features) ** 2).squeeze(1)[:3]]
+    last = (heads[2](features) ** 2).mean()
+    if tied:
+        last = last + trunk[0].weight.sum() ** 2
+    return [*tasks, last], features
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("chunk", [None, 1, 2])
+def test_losses_given_as_a_list_match_the_row_by_row_jacobian(
+    tied: bool, chunk: int | None
+) -> None:
+    trunk, heads, _, _ = _setup()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    tasks, features = _task_list(trunk, heads, x, tied=tied)
+    losses = torch.cat([t.reshape(-1) for t in tasks])
+    shared = list(trunk.parameters())
+    expected = jacobian_by_rows(losses, shared)
+    head_params = [p for h in heads for p in h.parameters()]
+    expected_heads = torch.autograd.grad(losses.sum(), head_params, retain_graph=True)
+    recorder = Recorder()
+    mtl_backward(tasks, features, recorder, shared_params=shared, parallel_chunk_size=chunk)
+    assert torch.allclose(recorder.jacobian, expected, atol=1e-12)
+    for p, g in zip(head_params, expected_heads, strict=True):
+        assert torch.allclose(p.grad, g, atol=1e-12)
+
+
+def test_a_listed_task_that_ignores_the_features_gets_a_zero_row() -> None:
+    trunk, heads, features, _ = _setup(2)
+    own = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    tasks = [(heads[0](features) ** 2).mean(), own**2, (heads[1](features) ** 2).mean()]
+    losses = torch.stack(tasks)
+    shared = list(trunk.parameters())
+    expected = jacobian_by_rows(losses, shared)
+    recorder = Recorder()
+    mtl_backward(tasks, features, recorder, shared_params=shared)
+    assert torch.allclose(recorder.jacobian, expected, atol=1e-12)
+    assert recorder.jacobian[1].abs().max() == 0
+    assert torch.allclose(own.grad, torch.tensor(4.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="do not depend on `features`"):
+        mtl_backward([own**2, own**3], features, Recorder())
