@@ -73,12 +73,14 @@ def compute_mtl_jacobian(
     A head parameter reached by the losses gets the gradient of ``Σᵢ losses[i]``, so a
     parameter of task ``i`` only gets ``∂losses[i]/∂θ``; unreached ones are left out.
 
-    ``tasks``: the tensors that ``losses`` concatenates, when it was given as a sequence. Then,
-    unless some shared parameter also reaches the losses around ``features``, the pass is
-    split in two (:func:`_two_stage`), which costs ``k`` head backward passes instead of
-    ``k²`` (a batched pass over all ``k`` rows runs every head for every row).
+    ``tasks``: the tensors that ``losses`` concatenates, when it was given as a sequence. With
+    at least ``_TWO_STAGE_MIN_TASKS`` of them, and unless some shared parameter also reaches
+    the losses around ``features``, the pass is split in two (:func:`_two_stage`): ``k`` head
+    backward passes instead of ``k²`` (a batched pass over all ``k`` rows runs every head for
+    every row). Below, the fixed cost of ``k`` separate passes (about 60 µs each on a CPU)
+    outweighs the saving.
     """
-    if tasks is not None and len(tasks) > 1:
+    if tasks is not None and len(tasks) >= _TWO_STAGE_MIN_TASKS:
         around = {id(p) for p in reached_leaves(tasks, stop_at=features)}
         if not any(id(p) in around for p in shared):
             return _two_stage(tasks, features, shared, heads, retain_graph, chunk_size)
@@ -154,6 +156,8 @@ def _shared_blocks(
     return [row.reshape(row.shape[0], -1) for row in rows if row is not None], used
 
 
+# From this many tasks given as a list on, the two-stage pass is faster (benchmarks/mtl.py).
+_TWO_STAGE_MIN_TASKS = 12
 _NO_FEATURES = (
     "The losses do not depend on `features`. Pass the shared trunk's output that the task "
     "heads take as input."

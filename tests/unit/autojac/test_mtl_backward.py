@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from jdopt.autojac import mtl_backward
+from jdopt.autojac import _mtl_backward, mtl_backward
 from tests.utils.reference import Recorder, jacobian_by_rows
 
 
@@ -90,6 +90,14 @@ def _task_list(trunk: nn.Module, heads: list[nn.Module], x: torch.Tensor, *, tie
     return [*tasks, last], features
 
 
+@pytest.fixture(params=["two-stage", "one pass"])
+def two_stage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs a test with the two-stage pass for listed tasks, then with the single pass."""
+    threshold = 2 if request.param == "two-stage" else 10**9
+    monkeypatch.setattr(_mtl_backward, "_TWO_STAGE_MIN_TASKS", threshold)
+
+
+@pytest.mark.usefixtures("two_stage")
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("chunk", [None, 1, 2])
 def test_losses_given_as_a_list_match_the_row_by_row_jacobian(
@@ -110,6 +118,7 @@ def test_losses_given_as_a_list_match_the_row_by_row_jacobian(
         assert torch.allclose(p.grad, g, atol=1e-12)
 
 
+@pytest.mark.usefixtures("two_stage")
 def test_a_listed_task_that_ignores_the_features_gets_a_zero_row() -> None:
     trunk, heads, features, _ = _setup(2)
     own = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
