@@ -2,9 +2,7 @@
 
 A trunk MLP (64 → 256 → 256) feeds k linear heads; batch 64. All variants use SGD on the same
 model and batch, timed interleaved in one process (medians after warm-up). The JD step gets the
-task losses as a list (as ``mtl_backward`` takes them: each task then goes through its own head
-only) and, in the last column, as one stacked tensor (a batched pass through every head for
-every task: ``k²`` head passes).
+task losses as a list, as ``mtl_backward`` takes them (a stacked tensor takes the same path).
 
     python benchmarks/mtl.py [--tasks 2 10 40] [--repeats 50]
 """
@@ -47,14 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print(f"{'k':>4} {'sum step (ms)':>14} {'JD step (ms)':>13} {'ratio':>6} {'stacked':>8}")
+    print(f"{'k':>4} {'sum step (ms)':>14} {'JD step (ms)':>13} {'ratio':>6}")
     for k in args.tasks:
         times = bench(k, args.batch, args.repeats)
-        ratio, stacked = times["jd"] / times["sum"], times["stacked"] / times["sum"]
-        print(
-            f"{k:>4} {times['sum'] * 1e3:>14.2f} {times['jd'] * 1e3:>13.2f} {ratio:>6.2f} "
-            f"{stacked:>8.2f}"
-        )
+        ratio = times["jd"] / times["sum"]
+        print(f"{k:>4} {times['sum'] * 1e3:>14.2f} {times['jd'] * 1e3:>13.2f} {ratio:>6.2f}")
 
 
 def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
@@ -73,13 +68,7 @@ def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
         jd.zero_grad()
         jd.step(losses, features=features)
 
-    def stacked_step() -> None:
-        losses, features = losses_of(trunk, heads, x, y)
-        jd.zero_grad()
-        jd.step(torch.stack(losses), features=features)
-
-    steps = {"sum": plain_step, "jd": jd_step, "stacked": stacked_step}
-    return interleaved_medians(steps, repeats=repeats)
+    return interleaved_medians({"sum": plain_step, "jd": jd_step}, repeats=repeats)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,30 @@ def compute_gramian(matrix: Tensor, /) -> Tensor:
     Returns:
         ``[m, m]``.
     """
-    gramian = matrix @ matrix.T
+    gramian = _product_with_transpose(matrix)
     return (gramian + gramian.T) / 2
+
+
+def _product_with_transpose(matrix: Tensor) -> Tensor:
+    """``matrix @ matrix.T``; for a short, wide ``matrix``, as a sum over column chunks.
+
+    BLAS handles ``[m, n] @ [n, m]`` with small ``m`` and large ``n`` poorly on CPUs (about a
+    fifth of its usual speed at ``m = 10``, ``n = 65536``); one batched product of
+    ``_CHUNK``-column slices, summed, runs at full speed.
+    """
+    m, n = matrix.shape
+    if m > _SHORT or n < _WIDE:
+        return matrix @ matrix.T
+    whole = n - n % _CHUNK
+    slices = matrix[:, :whole].reshape(m, -1, _CHUNK).transpose(0, 1)  # [n / chunk, m, chunk]
+    gramian = torch.bmm(slices, slices.transpose(1, 2)).sum(dim=0)
+    if whole < n:
+        rest = matrix[:, whole:]
+        gramian += rest @ rest.T
+    return gramian
+
+
+_SHORT, _WIDE, _CHUNK = 16, 32768, 1024
 
 
 def sum_of_gramians(blocks: Sequence[Tensor], /) -> Tensor:
@@ -31,7 +53,7 @@ def sum_of_gramians(blocks: Sequence[Tensor], /) -> Tensor:
     dtype = blocks[0].dtype
     for block in blocks[1:]:
         dtype = torch.promote_types(dtype, block.dtype)
-    gramian = sum(b.to(dtype) @ b.to(dtype).T for b in blocks)
+    gramian = sum(_product_with_transpose(b.to(dtype)) for b in blocks)
     return (gramian + gramian.T) / 2
 
 

@@ -16,7 +16,10 @@ def as_losses(losses: object, name: str = "losses") -> Tensor:
     if isinstance(losses, Tensor):
         tensor = losses
     elif isinstance(losses, Sequence) and losses and all(isinstance(t, Tensor) for t in losses):
-        tensor = torch.cat([t.reshape(-1) for t in losses])
+        if all(t.ndim == 0 for t in losses):  # one graph node rather than one per loss
+            tensor = torch.stack(list(losses))
+        else:
+            tensor = torch.cat([t.reshape(-1) for t in losses])
     elif callable(losses):
         raise TypeError(
             f"`{name}` should be a tensor of losses; found a callable. Closures are not "

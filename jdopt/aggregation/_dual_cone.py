@@ -40,8 +40,9 @@ SOLVERS = ("native", *REFERENCE_SOLVERS)
 # Solve the dual when the participation ratio trace²/‖G‖²_F (Jacobi-scaled) is below this
 # fraction of m: G is then close to low-rank plus a ridge.
 _DUAL_RANK_FRACTION = 0.4
-# FISTA steps before pivoting: more where a pivoting step's fixed cost dominates (small m).
-_WARM_ITERATIONS_SMALL, _WARM_ITERATIONS_LARGE, _SMALL = 30, 10, 128
+# FISTA steps before pivoting: more where a pivoting step's fixed cost dominates (small m),
+# except for the smallest problems, whose pivoting steps are cheap too (benchmarks/dual_cone.py).
+_WARM_ITERATIONS = ((12, 10), (128, 30), (None, 10))  # (largest m, steps)
 _PIVOTING_TOLERANCE = 1e-8
 # The float32 guess: tolerance and most pivoting steps (plus m / 4).
 _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
@@ -148,9 +149,10 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
 
 def _guess(qp: BoxQP, x: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
     """FISTA's guess of the solution and of its active set, in the problem's dtype."""
-    small = qp.matrix.shape[0] <= _SMALL
+    m = qp.matrix.shape[0]
+    steps = next(n for size, n in _WARM_ITERATIONS if size is None or m <= size)
     # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
-    x = accelerated_gradient(qp, x, _WARM_ITERATIONS_SMALL if small else _WARM_ITERATIONS_LARGE)
+    x = accelerated_gradient(qp, x, steps)
     return x, x <= qp.lower + tolerance * qp.scale()
 
 

@@ -8,6 +8,7 @@ from torch import Tensor
 from .._losses import as_losses, check_chunk_size, check_inputs
 from ._accumulate import accumulate, add_grad, flatten_rows
 from ._graph import reached_leaves
+from ._heads import gradients_at_features, split_at_features, task_roots
 from ._jacobian import identity_rows, jacobian_rows
 
 
@@ -73,17 +74,17 @@ def compute_mtl_jacobian(
     A head parameter reached by the losses gets the gradient of ``Σᵢ losses[i]``, so a
     parameter of task ``i`` only gets ``∂losses[i]/∂θ``; unreached ones are left out.
 
-    ``tasks``: the tensors that ``losses`` concatenates, when it was given as a sequence. With
-    at least ``_TWO_STAGE_MIN_TASKS`` of them, and unless some shared parameter also reaches
-    the losses around ``features``, the pass is split in two (:func:`_two_stage`): ``k`` head
-    backward passes instead of ``k²`` (a batched pass over all ``k`` rows runs every head for
-    every row). Below, the fixed cost of ``k`` separate passes (about 60 µs each on a CPU)
-    outweighs the saving.
+    When each task reaches ``features`` through graph nodes of its own (separate heads) and the
+    shared parameters reach the losses only through ``features``, the heads run once, in one
+    ordinary backward pass (:mod:`._heads`), and only the trunk runs batched over the ``k``
+    rows. Otherwise one batched pass runs everything, heads included, for every row: ``k²``
+    head passes. Tasks are told apart when ``losses`` is a ``torch.stack`` of scalars or when
+    ``tasks`` (the tensors that ``losses`` concatenates, given as a list) are scalars.
     """
-    if tasks is not None and len(tasks) >= _TWO_STAGE_MIN_TASKS:
-        around = {id(p) for p in reached_leaves(tasks, stop_at=features)}
-        if not any(id(p) in around for p in shared):
-            return _two_stage(tasks, features, shared, heads, retain_graph, chunk_size)
+    roots = task_roots(losses, tasks)
+    edges = None if roots is None else split_at_features(roots, features, shared)
+    if edges is not None:
+        return _two_stage(losses, edges, features, shared, heads, retain_graph, chunk_size)
     inputs = [*features, *shared, *heads]
     rows = jacobian_rows(
         [losses],
@@ -103,48 +104,35 @@ def compute_mtl_jacobian(
 
 
 def _two_stage(
-    tasks: Sequence[Tensor],
+    losses: Tensor,
+    edges: list,
     features: Sequence[Tensor],
     shared: Sequence[Tensor],
     heads: Sequence[Tensor],
     retain_graph: bool,
     chunk_size: int | None,
 ) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]]:
-    """:func:`compute_mtl_jacobian` in two stages: each task through its own head to the
-    features and head parameters, then all rows at once through the trunk.
-
-    Exact when the shared parameters reach the losses only through ``features``.
-    """
-    feature_parts: list[list[Tensor]] = [[] for _ in features]
-    reached = [False] * len(features)
-    head_sums: list[Tensor | None] = [None] * len(heads)
-    for task in tasks:
-        rows = jacobian_rows(
-            [task],
-            [*features, *heads],
-            [identity_rows(task)],
-            retain_graph=True,
-            chunk_size=chunk_size,
-        )
-        for j, (feature, row) in enumerate(zip(features, rows[: len(features)], strict=True)):
-            reached[j] = reached[j] or row is not None
-            if row is None:
-                row = feature.new_zeros(task.numel(), *feature.shape)
-            feature_parts[j].append(row)
-        for i, row in enumerate(rows[len(features) :]):
-            if row is not None:
-                head_sums[i] = row.sum(dim=0) + (0 if head_sums[i] is None else head_sums[i])
+    """:func:`compute_mtl_jacobian` in two stages: one backward pass through the heads gives
+    each task's gradient at the features, then one batched pass takes all ``k`` rows through
+    the trunk."""
+    captured, head_grads = gradients_at_features(losses, edges, features, heads)
+    reached = [any(task[j] is not None for task in captured) for j in range(len(features))]
     if not any(reached):
         raise ValueError(_NO_FEATURES)
+    cotangents = [
+        torch.stack([f.new_zeros(f.shape) if task[j] is None else task[j] for task in captured])
+        for j, f in enumerate(features)
+        if reached[j]
+    ]
     shared_rows = jacobian_rows(
         [f for f, r in zip(features, reached, strict=True) if r],
         shared,
-        [torch.cat(parts) for parts, r in zip(feature_parts, reached, strict=True) if r],
+        cotangents,
         retain_graph=retain_graph,
         chunk_size=chunk_size,
     )
-    head_grads = [(h, g) for h, g in zip(heads, head_sums, strict=True) if g is not None]
-    return *_shared_blocks(shared, shared_rows), head_grads
+    grads = [(h, g) for h, g in zip(heads, head_grads, strict=True) if g is not None]
+    return *_shared_blocks(shared, shared_rows), grads
 
 
 def _shared_blocks(
@@ -156,8 +144,6 @@ def _shared_blocks(
     return [row.reshape(row.shape[0], -1) for row in rows if row is not None], used
 
 
-# From this many tasks given as a list on, the two-stage pass is faster (benchmarks/mtl.py).
-_TWO_STAGE_MIN_TASKS = 12
 _NO_FEATURES = (
     "The losses do not depend on `features`. Pass the shared trunk's output that the task "
     "heads take as input."

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from jdopt.autojac import _mtl_backward, mtl_backward
+from jdopt.autojac._heads import split_at_features, task_roots
 from tests.utils.reference import Recorder, jacobian_by_rows
 
 
@@ -92,9 +93,9 @@ def _task_list(trunk: nn.Module, heads: list[nn.Module], x: torch.Tensor, *, tie
 
 @pytest.fixture(params=["two-stage", "one pass"])
 def two_stage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs a test with the two-stage pass for listed tasks, then with the single pass."""
-    threshold = 2 if request.param == "two-stage" else 10**9
-    monkeypatch.setattr(_mtl_backward, "_TWO_STAGE_MIN_TASKS", threshold)
+    """Runs a test with the two-stage pass where it applies, then with the batched pass only."""
+    if request.param == "one pass":
+        monkeypatch.setattr(_mtl_backward, "split_at_features", lambda *_: None)
 
 
 @pytest.mark.usefixtures("two_stage")
@@ -133,3 +134,56 @@ def test_a_listed_task_that_ignores_the_features_gets_a_zero_row() -> None:
     assert torch.allclose(own.grad, torch.tensor(4.0, dtype=torch.float64))
     with pytest.raises(ValueError, match="do not depend on `features`"):
         mtl_backward([own**2, own**3], features, Recorder())
+
+
+@pytest.mark.usefixtures("two_stage")
+@pytest.mark.parametrize("form", ["stacked", "list"])
+def test_separate_heads_of_scalar_tasks_match_the_row_by_row_jacobian(form: str) -> None:
+    torch.manual_seed(1)
+    trunk = nn.Sequential(nn.Linear(4, 5), nn.Tanh()).double()
+    heads = [nn.Linear(3, 1).double(), nn.Linear(2, 2).double(), nn.Linear(3, 1).double()]
+    x = torch.randn(6, 4, dtype=torch.float64)
+    first, second = trunk(x).split([3, 2], dim=1)  # two features from one node
+    tasks = [
+        (heads[0](first) ** 2).mean() + second.pow(3).mean(),  # uses both features
+        heads[1](second).sum() * heads[1](second).mean(),  # a head used twice
+        heads[2](first).exp().mean(),
+    ]
+    losses = torch.stack(tasks)
+    shared = list(trunk.parameters())
+    assert split_at_features(task_roots(losses, None), [first, second], shared) is not None
+    expected = jacobian_by_rows(losses, shared)
+    own = [p for m in heads for p in m.parameters()]
+    expected_heads = torch.autograd.grad(losses.sum(), own, retain_graph=True)
+    recorder = Recorder()
+    given = losses if form == "stacked" else tasks
+    mtl_backward(given, [first, second], recorder, shared_params=shared)
+    assert torch.allclose(recorder.jacobian, expected, atol=1e-12)
+    for p, g in zip(own, expected_heads, strict=True):
+        assert torch.allclose(p.grad, g, atol=1e-12)
+
+
+def _split(tasks: list[torch.Tensor], features: list[torch.Tensor], shared) -> object:
+    return split_at_features(task_roots(torch.stack(tasks), None), features, shared)
+
+
+def test_the_split_applies_only_to_separate_heads_of_scalar_tasks() -> None:
+    torch.manual_seed(0)
+    trunk, shared_head = nn.Linear(3, 4).double(), nn.Linear(4, 2).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    features = trunk(x)
+    shared = list(trunk.parameters())
+    separate = [features[:, 0].mean(), features[:, 1].pow(2).mean()]
+    assert [len(e) for e in _split(separate, [features], shared)] == [1, 1]
+    outputs = shared_head(features)  # one node reached by both tasks
+    assert _split([outputs[:, 0].mean(), outputs[:, 1].mean()], [features], shared) is None
+    around = [features.mean(), trunk.weight.sum()]  # a shared parameter around the features
+    assert _split(around, [features], shared) is None
+    total = features.sum()  # an objective that is a feature itself
+    assert _split([total, features.mean()], [total], shared) is None
+    leaf = torch.randn(2, requires_grad=True)
+    assert _split([leaf.sum(), leaf.mean()], [leaf], []) is None
+    vector = torch.stack([features.mean(dim=0), features.sum(dim=0)])  # not a stack of scalars
+    assert task_roots(vector, None) is None
+    assert task_roots(torch.cat([features.sum(0), features.sum(0)]), None) is None
+    assert task_roots(torch.ones(2), [features.sum(0), features.sum()]) is None

@@ -1,0 +1,110 @@
+"""Each task's gradient at the shared features, from one ordinary backward pass.
+
+A batched backward pass over the ``k`` rows of a multi-task Jacobian runs every task head for
+every row: ``k²`` head passes, ``k − 1`` of them on zeros. When each task reaches the features
+through nodes of its own (separate heads), one plain backward pass of ``Σᵢ losses[i]`` already
+carries ``∂losses[i]/∂features`` through task ``i``'s nodes, before the engine sums the tasks at
+the features: hooks on the nodes that consume the features record it, per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.graph import Node
+
+# (consumer node, position of the edge among its next_functions, index of the feature)
+_Edge = tuple[Node, int, int]
+
+
+def task_roots(losses: Tensor, tasks: Sequence[Tensor] | None) -> list[Node | None] | None:
+    """The graph node of each scalar objective, or ``None`` when they cannot be told apart.
+
+    Objectives are known from ``tasks`` (the tensors given as a list, each a scalar), or from a
+    ``torch.stack`` of scalars.
+    """
+    if tasks is not None:
+        return [t.grad_fn for t in tasks] if all(t.numel() == 1 for t in tasks) else None
+    node = losses.grad_fn
+    if losses.ndim == 1 and type(node).__name__ == "StackBackward0":
+        roots = [child for child, _ in node.next_functions]
+        return roots if len(roots) == losses.numel() else None
+    return None
+
+
+def split_at_features(
+    roots: Sequence[Node | None], features: Sequence[Tensor], shared: Sequence[Tensor]
+) -> list[list[_Edge]] | None:
+    """The edges through which each task reaches the features, or ``None`` when a graph node
+    is reached by two tasks, or a shared parameter is reached around the features."""
+    targets = {(f.grad_fn, f.output_nr): j for j, f in enumerate(features)}
+    feature_nodes = {node for node, _ in targets}
+    if None in feature_nodes or any(root in feature_nodes for root in roots):
+        return None  # a leaf feature (no node to stop at), or an objective that is a feature
+    shared_ids = {id(p) for p in shared}
+    owner: dict[Node, int] = {}
+    edges: list[list[_Edge]] = [[] for _ in roots]
+    for i, root in enumerate(roots):
+        stack = [] if root is None else [root]
+        while stack:
+            node = stack.pop()
+            if owner.setdefault(node, i) != i:
+                return None
+            variable = getattr(node, "variable", None)
+            if variable is not None and id(variable) in shared_ids:
+                return None
+            for position, (child, nr) in enumerate(node.next_functions):
+                if child is None:
+                    continue
+                feature = targets.get((child, nr))
+                if feature is not None:
+                    edges[i].append((node, position, feature))
+                elif child not in owner or owner[child] != i:
+                    stack.append(child)
+    return edges
+
+
+def gradients_at_features(
+    losses: Tensor,
+    edges: list[list[_Edge]],
+    features: Sequence[Tensor],
+    heads: Sequence[Tensor],
+) -> tuple[list[list[Tensor | None]], tuple[Tensor | None, ...]]:
+    """One backward pass of ``losses.sum()`` into ``features`` and ``heads``.
+
+    Returns, for each task and feature, the task's gradient at the feature (``None`` where it
+    does not reach it), and the heads' gradients. The graph is kept for the trunk.
+    """
+    captured: list[list[Tensor | None]] = [[None] * len(features) for _ in edges]
+    handles = []
+    for task, task_edges in enumerate(edges):
+        by_node: dict[Node, list[tuple[int, int]]] = {}
+        for node, position, feature in task_edges:
+            by_node.setdefault(node, []).append((position, feature))
+        for node, positions in by_node.items():
+            handles.append(node.register_hook(_recorder(captured[task], positions)))
+    try:
+        grads = torch.autograd.grad(
+            [losses],
+            [*features, *heads],
+            [torch.ones_like(losses)],
+            retain_graph=True,
+            allow_unused=True,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured, grads[len(features) :]
+
+
+def _recorder(slots: list[Tensor | None], positions: list[tuple[int, int]]):
+    def hook(grad_inputs: tuple[Tensor | None, ...], _: tuple[Tensor | None, ...]) -> None:
+        for position, feature in positions:
+            grad = grad_inputs[position]
+            if grad is not None:
+                previous = slots[feature]
+                slots[feature] = grad if previous is None else previous + grad
+
+    return hook
