@@ -54,10 +54,15 @@ def make_hook(uses: list[Use]) -> Callable:
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         if not torch.is_grad_enabled():
             return
-        outputs = [t for t in tree_flatten(output)[0] if isinstance(t, Tensor) and t.requires_grad]
+        # One tensor in and out is the usual case: no tree_flatten then (tens of µs a call).
+        flat = [output] if isinstance(output, Tensor) else tree_flatten(output)[0]
+        outputs = [t for t in flat if isinstance(t, Tensor) and t.requires_grad]
         if not outputs:
             return
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+        if not kwargs and all(isinstance(t, Tensor) for t in args):
+            inputs = list(args)
+        else:
+            inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
         # Detached: the Gramian must not hold on to (or extend) the forward graph.
         detached = tuple(t.detach() for t in inputs)
         versions = [t._version for t in (*inputs, *outputs)]
