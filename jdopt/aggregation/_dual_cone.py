@@ -13,11 +13,12 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   has the better-conditioned reduced systems: the dual when ``G`` is numerically low-rank plus
   a ridge (its free set lies in the large, flat part of ``G⁻¹``), the primal otherwise;
 - FISTA to guess the active set, block principal pivoting to make it exact
-  (:mod:`._dual_cone_box`);
+  (:mod:`._dual_cone_box`; up to ``m = SMALL_MAX_SIZE``, :mod:`._dual_cone_small`);
 - mixed precision from ``m = _MIXED_MIN_SIZE`` on, where matrix products dominate (float32
-  ones are about twice as fast on CPU): FISTA and a first, loose pivoting run in float32 give
-  the active set; the float64 pivoting that follows starts from it, usually confirms it in
-  one step, and solves its reduced systems by float32 CG corrections of float64 residuals
+  ones are about twice as fast on CPU): float32 FISTA (restarted, until its active set settles,
+  up to ``m = _LONG_GUESS_MAX_SIZE``; briefly, then a loose float32 pivoting, beyond) gives the
+  active set; the float64 pivoting that follows starts from it, usually confirms it in one or
+  two steps, and solves its reduced systems by float32 CG corrections of float64 residuals
   (iterative refinement, float64 CG for the rows where it stalls). Every decision that the
   answer depends on is float64, so a wrong float32 guess only costs time. Smaller problems
   run in float64 throughout;
@@ -40,11 +41,15 @@ SOLVERS = ("native", *REFERENCE_SOLVERS)
 # Solve the dual when the participation ratio trace²/‖G‖²_F (Jacobi-scaled) is below this
 # fraction of m: G is then close to low-rank plus a ridge.
 _DUAL_RANK_FRACTION = 0.4
-# FISTA steps before pivoting: more where a pivoting step's fixed cost dominates (small m),
-# except for the smallest problems, whose pivoting steps are cheap too (benchmarks/dual_cone.py).
-_WARM_ITERATIONS = ((12, 10), (128, 30), (None, 10))  # (largest m, steps)
+# FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
+# problems pivot cheaply. From m = _MIXED_MIN_SIZE on, FISTA runs in float32: up to
+# _LONG_GUESS_MAX_SIZE restarted until its active set settles (the float64 pivoting then only
+# confirms it), beyond that briefly, followed by a float32 pivoting whose CG drops the rows
+# that have converged (a FISTA step costs a full m³ product). See benchmarks/dual_cone.py.
+_WARM_ITERATIONS = ((12, 10, None), (127, 30, None), (384, 100, 20), (None, 10, None))
+_LONG_GUESS_MAX_SIZE = 384
 _PIVOTING_TOLERANCE = 1e-8
-# The float32 guess: tolerance and most pivoting steps (plus m / 4).
+# The float32 guess: tolerance, and most pivoting steps (plus m / 4) beyond the long guess.
 _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
 # The float32 guess pays off from this size on, where matrix products dominate.
 _MIXED_MIN_SIZE = 128
@@ -150,26 +155,29 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
 def _guess(qp: BoxQP, x: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
     """FISTA's guess of the solution and of its active set, in the problem's dtype."""
     m = qp.matrix.shape[0]
-    steps = next(n for size, n in _WARM_ITERATIONS if size is None or m <= size)
+    steps, period = next((n, p) for size, n, p in _WARM_ITERATIONS if size is None or m <= size)
     # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
-    x = accelerated_gradient(qp, x, steps)
+    x = accelerated_gradient(qp, x, steps, period=period, tolerance=tolerance)
     return x, x <= qp.lower + tolerance * qp.scale()
 
 
 def _rough_guess(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
-    """A float32 solution and its active set: FISTA, then block pivoting to a loose tolerance.
+    """A float32 guess of the solution and of its active set.
 
     Float32 matrix products are about twice as fast; the float64 pivoting that follows starts
     from this guess and usually only has to confirm it with one exact solve.
     """
     rough = BoxQP(qp.matrix.float(), qp.linear.float(), qp.lower.float())
     x, active = _guess(rough, x.float(), _ROUGH_TOLERANCE)
-    max_iter = _ROUGH_MAX_ITER + qp.matrix.shape[0] // 4
-    try:
-        x, _, _ = block_pivoting(rough, x, active, tolerance=_ROUGH_TOLERANCE, max_iter=max_iter)
-        active = x <= rough.lower  # x ≥ ℓ, with equality exactly on the active set
-    except RuntimeError:  # a float32 reduced system is not positive definite: keep FISTA's
-        pass
+    m = qp.matrix.shape[0]
+    if m > _LONG_GUESS_MAX_SIZE:
+        try:
+            x, _, _ = block_pivoting(
+                rough, x, active, tolerance=_ROUGH_TOLERANCE, max_iter=_ROUGH_MAX_ITER + m // 4
+            )
+            active = x <= rough.lower  # x ≥ ℓ, with equality exactly on the active set
+        except RuntimeError:  # a float32 reduced system is not positive definite: keep FISTA's
+            pass
     return x.to(qp.matrix), active
 
 

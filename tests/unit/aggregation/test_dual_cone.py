@@ -15,7 +15,7 @@ from torch import Tensor
 from jdopt._linalg import normalize, regularize
 from jdopt.aggregation import _dual_cone, _dual_cone_linear
 from jdopt.aggregation._dual_cone import SOLVERS, project_weights
-from jdopt.aggregation._dual_cone_box import largest_eigenvalue
+from jdopt.aggregation._dual_cone_box import BoxQP, accelerated_gradient, largest_eigenvalue
 from jdopt.aggregation._dual_cone_linear import pad_with_identity, solve_direct
 from jdopt.aggregation._dual_cone_small import solve_masked
 
@@ -321,3 +321,25 @@ def test_stalled_refinement_falls_back_to_float64_cg(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(_dual_cone_linear, "_REFINEMENTS", 1)
     gramian, preferences = make(rand, 200, 0), upgrad_preferences(200)
     assert_kkt(project_weights(preferences, gramian), preferences, gramian)
+
+
+def test_fista_alone_converges_to_the_projection() -> None:
+    """FISTA is only a guess; given enough steps it reaches the solution."""
+    gramian, preferences = make(rand, 12, 0), upgrad_preferences(12)
+    qp = BoxQP(gramian, torch.zeros_like(preferences), preferences)
+    guess = accelerated_gradient(qp, preferences.clone(), 3000)
+    assert_kkt(guess, preferences, gramian, tol=1e-9)
+    assert torch.allclose(guess, project_weights(preferences, gramian), atol=1e-9)
+
+
+def test_restarted_fista_stops_once_its_active_set_settles(monkeypatch) -> None:
+    gramian, preferences = make(rand, 40, 0), upgrad_preferences(40)
+    qp = BoxQP(gramian, torch.zeros_like(preferences), preferences)
+    products = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: products.append(1) or real_mm(*a, **k))
+    guess = accelerated_gradient(qp, preferences.clone(), 10_000, period=10, tolerance=1e-8)
+    assert 20 <= len(products) < 10_000
+    exact = project_weights(preferences, gramian)
+    wrong = (guess <= preferences + 1e-8) ^ (exact <= preferences + 1e-12)
+    assert int(wrong.sum()) <= 2  # pivoting fixes the few coordinates still undecided
