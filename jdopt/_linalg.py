@@ -47,12 +47,14 @@ _SHORT, _WIDE, _CHUNK = 16, 32768, 1024
 def sum_of_gramians(blocks: Sequence[Tensor], /) -> Tensor:
     """Returns the Gramian of the column-wise concatenation of ``blocks`` ``[m, nᵢ]``, ``[m, m]``.
 
-    ``Σᵢ Bᵢ Bᵢᵀ`` in the promoted dtype, symmetrised: the Gramian of a Jacobian kept as one block
-    per parameter, without concatenating it.
+    ``Σᵢ Bᵢ Bᵢᵀ`` in the promoted dtype (float32 for half precision), symmetrised: the Gramian of
+    a Jacobian kept as one block per parameter, without concatenating it.
     """
     dtype = blocks[0].dtype
     for block in blocks[1:]:
         dtype = torch.promote_types(dtype, block.dtype)
+    if dtype in (torch.float16, torch.bfloat16):  # their sums of squares overflow or round
+        dtype = torch.float32
     gramian = sum(_product_with_transpose(b.to(dtype)) for b in blocks)
     return (gramian + gramian.T) / 2
 

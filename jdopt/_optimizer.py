@@ -154,7 +154,7 @@ class JDOptimizer(DelegatingOptimizer):
                 "JDOptimizer.step does not take a closure. Compute the losses and call "
                 "`jd.step(losses)` (or `jd.backward(losses)` then `jd.step()`)."
             )
-        tasks = None if isinstance(losses, Tensor) else list(losses)
+        tasks = list(losses) if isinstance(losses, Sequence) else None
         losses = as_losses(losses)
         if self.scaler is None:
             check_finite_losses(losses)

@@ -140,7 +140,8 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     m = gramian.shape[0]
     mixed = m >= _MIXED_MIN_SIZE
     x, active = _rough_guess(qp, x) if mixed else _guess(qp, x, _PIVOTING_TOLERANCE)
-    max_iter, loose_steps = 50 + m, 0 if mixed else LOOSE_STEPS
+    # Degenerate problems (duplicated objectives) can take a few times m pivoting steps.
+    max_iter, loose_steps = 50 + 10 * m, 0 if mixed else LOOSE_STEPS
     if m <= SMALL_MAX_SIZE:
         x, product, _ = pivot_small(qp, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter)
     else:

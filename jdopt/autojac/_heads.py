@@ -40,9 +40,12 @@ def split_at_features(
     """The edges through which each task reaches the features, or ``None`` when a graph node
     is reached by two tasks, or a shared parameter is reached around the features."""
     targets = {(f.grad_fn, f.output_nr): j for j, f in enumerate(features)}
-    feature_nodes = {node for node, _ in targets}
-    if None in feature_nodes or any(root in feature_nodes for root in roots):
-        return None  # a leaf feature (no node to stop at), or an objective that is a feature
+    if any(node is None for node, _ in targets):
+        return None  # a leaf feature: no node to stop at
+    # The trunk: every node at or below a feature (shared parameters' accumulators included).
+    # A task that enters it otherwise than through a feature edge mixes with the other tasks
+    # there (nested features, a shared parameter used around the features, ...).
+    trunk = _below({node for node, _ in targets})
     shared_ids = {id(p) for p in shared}
     owner: dict[Node, int] = {}
     edges: list[list[_Edge]] = [[] for _ in roots]
@@ -50,20 +53,34 @@ def split_at_features(
         stack = [] if root is None else [root]
         while stack:
             node = stack.pop()
-            if owner.setdefault(node, i) != i:
+            if node in trunk or owner.setdefault(node, i) != i:
                 return None
             variable = getattr(node, "variable", None)
             if variable is not None and id(variable) in shared_ids:
-                return None
+                return None  # a shared parameter used around the features
             for position, (child, nr) in enumerate(node.next_functions):
                 if child is None:
                     continue
                 feature = targets.get((child, nr))
                 if feature is not None:
                     edges[i].append((node, position, feature))
-                elif child not in owner or owner[child] != i:
+                elif child not in owner:  # not expanded (nor queued) yet
+                    owner[child] = i
                     stack.append(child)
+                elif owner[child] != i:
+                    return None
     return edges
+
+
+def _below(nodes: set[Node]) -> set[Node]:
+    """``nodes`` and every node they lead to."""
+    seen, stack = set(nodes), list(nodes)
+    while stack:
+        for child, _ in stack.pop().next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
 
 
 def gradients_at_features(

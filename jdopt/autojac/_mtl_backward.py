@@ -40,7 +40,7 @@ def mtl_backward(
         retain_graph: keep the graph for another backward pass.
         parallel_chunk_size: rows per batched backward pass (see :func:`backward`).
     """
-    tasks = None if isinstance(losses, Tensor) else list(losses)
+    tasks = list(losses) if isinstance(losses, Sequence) else None
     losses = as_losses(losses)
     features = check_features(features)
     check_chunk_size(parallel_chunk_size)
@@ -131,7 +131,17 @@ def _two_stage(
         retain_graph=retain_graph,
         chunk_size=chunk_size,
     )
-    grads = [(h, g) for h, g in zip(heads, head_grads, strict=True) if g is not None]
+    grads, storages = [], set()
+    for head, grad in zip(heads, head_grads, strict=True):
+        if grad is None:
+            continue
+        # autograd may hand one tensor (or an expanded view) to several parameters: give
+        # each its own, as the batched pass (a sum over rows) does.
+        storage = grad.untyped_storage().data_ptr()
+        if grad._base is not None or not grad.is_contiguous() or storage in storages:
+            grad = grad.clone(memory_format=torch.contiguous_format)
+        storages.add(grad.untyped_storage().data_ptr())
+        grads.append((head, grad))
     return *_shared_blocks(shared, shared_rows), grads
 
 

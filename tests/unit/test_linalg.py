@@ -26,3 +26,11 @@ def test_sum_of_gramians_is_the_gramian_of_the_concatenation() -> None:
     assert gramian.dtype == torch.float64
     assert torch.equal(gramian, gramian.T)
     assert torch.allclose(gramian, matrix @ matrix.T, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_blocks_give_a_float32_gramian(dtype: torch.dtype) -> None:
+    blocks = [torch.full((2, 40000), 4.0, dtype=dtype), torch.ones(2, 3, dtype=dtype)]
+    gramian = sum_of_gramians(blocks)  # 40000 · 16 overflows float16
+    assert gramian.dtype == torch.float32
+    assert torch.allclose(gramian, torch.full((2, 2), 640003.0))

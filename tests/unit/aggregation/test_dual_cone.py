@@ -343,3 +343,17 @@ def test_restarted_fista_stops_once_its_active_set_settles(monkeypatch) -> None:
     exact = project_weights(preferences, gramian)
     wrong = (guess <= preferences + 1e-8) ^ (exact <= preferences + 1e-12)
     assert int(wrong.sum()) <= 2  # pivoting fixes the few coordinates still undecided
+
+
+@pytest.mark.parametrize(("m", "seed"), [(30, 39), (24, 3), (40, 7)])
+def test_degenerate_problems_get_enough_pivoting_steps(m: int, seed: int) -> None:
+    """Regression: duplicated objectives of a low-rank Jacobian once needed more than the
+    50 + m pivoting steps the solver allowed (m = 30, seed 39 took 82)."""
+    g = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(m, m // 2, generator=g, dtype=F64)
+    jacobian[1] = jacobian[0]
+    gramian, preferences = gramian_of(jacobian), upgrad_preferences(m)
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian)
+    reference = project_weights(preferences, gramian, solver="quadprog")
+    assert torch.allclose(weights, reference, atol=1e-6 * float(reference.abs().max()))

@@ -187,3 +187,69 @@ def test_the_split_applies_only_to_separate_heads_of_scalar_tasks() -> None:
     assert task_roots(vector, None) is None
     assert task_roots(torch.cat([features.sum(0), features.sum(0)]), None) is None
     assert task_roots(torch.ones(2), [features.sum(0), features.sum()]) is None
+
+
+def _rows_by_task(tasks: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(
+        [
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(t, params, retain_graph=True)])
+            for t in tasks
+        ]
+    )
+
+
+@pytest.mark.usefixtures("two_stage")
+@pytest.mark.parametrize("case", ["reached twice", "split feature", "nested features"])
+def test_heads_that_share_nothing_but_meet_the_trunk_oddly(case: str) -> None:
+    """Regressions: a head node reached along two paths, a task that uses the other output of
+    the node that makes a feature, a feature computed from another feature."""
+    torch.manual_seed(0)
+    trunk = nn.Linear(3, 6).double()
+    heads = [nn.Linear(k, 1).double() for k in (2, 4, 6, 6, 6)]
+    x = torch.randn(5, 3, dtype=torch.float64)
+    h = trunk(x)
+    if case == "reached twice":
+        z = [heads[2](h), heads[3](h.tanh())]
+        tasks, features = [(z[0] * z[0]).mean(), (z[1] + z[1].exp()).mean()], [h]
+    elif case == "split feature":
+        first, rest = h.split([2, 4], dim=1)
+        tasks, features = [heads[0](first).pow(2).mean(), heads[1](rest).pow(2).mean()], [h, first]
+    else:
+        inner = h.exp()
+        outer = 2 * inner
+        tasks = [heads[2](h).pow(2).mean(), heads[3](inner).mean(), heads[4](outer).sin().mean()]
+        features = [h, outer]
+    shared = list(trunk.parameters())
+    if case == "reached twice":  # the split applies: the test covers the two-stage pass
+        assert split_at_features(task_roots(torch.stack(tasks), None), features, shared)
+    expected = _rows_by_task(tasks, shared)
+    recorder = Recorder()
+    mtl_backward(tasks, features, recorder, shared_params=shared)
+    assert torch.allclose(recorder.jacobian, expected, atol=1e-12)
+
+
+@pytest.mark.usefixtures("two_stage")
+def test_head_gradients_never_share_storage() -> None:
+    """autograd may return one tensor for two parameters (here two biases added together)."""
+    torch.manual_seed(0)
+    trunk = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    weight, b1, b2, other = (
+        torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        for shape in ((4, 4), (4,), (4,), (4,))
+    )
+    x = torch.randn(3, dtype=torch.float64)
+    for _ in range(2):  # the second step accumulates into .grad
+        f = x @ trunk
+        tasks = [((f @ weight + b1 + b2) ** 2).sum(), ((f * other).sum() ** 2)]
+        mtl_backward(tasks, f, Recorder())
+    assert b1.grad.data_ptr() != b2.grad.data_ptr()
+    f = x @ trunk
+    expected = torch.autograd.grad(((f @ weight + b1 + b2) ** 2).sum(), [b1, b2])
+    assert torch.allclose(b1.grad, 2 * expected[0]) and torch.allclose(b2.grad, 2 * expected[1])
+
+
+def test_invalid_losses_get_the_losses_error_with_features() -> None:
+    _, _, features, _ = _setup()
+    for bad in (None, 3.0):
+        with pytest.raises(TypeError, match="`losses` should be a tensor"):
+            mtl_backward(bad, features, Recorder())
