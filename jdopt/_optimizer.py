@@ -171,7 +171,12 @@ class JDOptimizer(DelegatingOptimizer):
 
     def _backward_autogram(self, losses: Tensor, params: list[Tensor]) -> None:
         engine = self._gramian_engine
-        generalized = engine.compute_gramian(losses)  # of every process's losses, if distributed
+        if self._covered is None:
+            self._covered = {id(p) for p in engine.params}
+        # The saved factors give every gradient: the graph can go as soon as it is used.
+        fast = all(id(p) in self._covered for p in params)
+        # Of every process's losses, if distributed.
+        generalized = engine.compute_gramian(losses, retain_graph=not fast)
         shape = generalized.shape[: generalized.ndim // 2]
         scale = _scale(self.scaler)
         weights = self._weights(flatten_generalized(generalized) / scale**2, shape, "autogram")
@@ -182,9 +187,7 @@ class JDOptimizer(DelegatingOptimizer):
         if self._distributed:  # identical weights everywhere, whatever the method's randomness
             broadcast_(weights)
         # The losses carry the scale, so Σ wᵢ ∇(scaled Lᵢ) is already in the scaler's space.
-        if self._covered is None:
-            self._covered = {id(p) for p in engine.params}
-        if all(id(p) in self._covered for p in params):
+        if fast:
             engine.accumulate_grads(weights)
             return
         if self._distributed and self.batch_dim is not None:

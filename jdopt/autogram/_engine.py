@@ -124,24 +124,33 @@ class Engine:
         return list(self._params)
 
     # ------------------------------------------------------------------ the Gramian
-    def compute_gramian(self, losses: Tensor) -> Tensor:
+    def compute_gramian(self, losses: Tensor, *, retain_graph: bool = True) -> Tensor:
         """The generalized Gramian ``[*S, *reversed(S)]`` of ``losses`` (shape ``S``).
 
         Entry ``[i, j]`` (multi-indices) is the inner product of the gradients of ``losses[i]``
         and ``losses[j]`` with respect to the hooked modules' parameters: the ``[m, m]`` matrix
-        ``J Jᵀ`` for a vector of losses, a 0-d tensor for a scalar loss. The graph of
-        ``losses`` is kept, so that ``losses.backward(weights)`` can follow.
+        ``J Jᵀ`` for a vector of losses, a 0-d tensor for a scalar loss.
+
+        Args:
+            losses: the losses, computed with the hooked modules.
+            retain_graph: keep the graph of ``losses`` (default), so that
+                ``losses.backward(weights)`` can follow. ``False`` frees it during the backward
+                pass, like ``backward()`` does: less memory when the weighted gradient comes
+                from :meth:`accumulate_grads`.
         """
         losses = as_losses(losses)
         layout, order, cotangents = self._plan(losses.shape, losses.dtype, losses.device)
         recorded = {id(rule): list(self._uses[id(rule)]) for rule in self._rules}
         self.clear()
         fallback = self._fallback_params(recorded)
-        uses = self._backward_to_outputs(losses, recorded, fallback, cotangents, layout.slices)
+        retain = retain_graph or bool(fallback)  # the fallback differentiates the losses again
+        uses = self._backward_to_outputs(
+            losses, recorded, fallback, cotangents, layout.slices, retain
+        )
         if not self._checked_ties:
             check_untracked_uses(losses, self._rules, uses, fallback)
             self._checked_ties = True
-        from_losses = self._grads_from_losses(losses, fallback, order)
+        from_losses = self._grads_from_losses(losses, fallback, order, retain_graph)
         if not any(uses.values()) and not from_losses:
             raise ValueError(
                 "The losses depend on none of the hooked modules' calls recorded since the last "
@@ -271,6 +280,7 @@ class Engine:
         fallback: dict[int, nn.Parameter],
         cotangents: Tensor,
         slices: int,
+        retain_graph: bool,
     ) -> dict[int, list[Use]]:
         """Fills the output gradients ``[S, *output.shape]`` of the closed-form rules' calls."""
         needed = [
@@ -296,7 +306,7 @@ class Engine:
             losses,
             outputs,
             cotangents if batched else cotangents[0],
-            retain_graph=True,
+            retain_graph=retain_graph,
             allow_unused=True,
             is_grads_batched=batched,
         )
@@ -312,7 +322,7 @@ class Engine:
         return live
 
     def _grads_from_losses(
-        self, losses: Tensor, fallback: dict[int, nn.Parameter], order: Tensor
+        self, losses: Tensor, fallback: dict[int, nn.Parameter], order: Tensor, retain: bool
     ) -> dict[int, Tensor]:
         """Per-objective gradients ``[R, numel]`` of the fallback parameters, from the losses."""
         if not fallback:
@@ -325,7 +335,7 @@ class Engine:
             losses,
             params,
             cotangents if r > 1 else cotangents[0],
-            retain_graph=True,
+            retain_graph=retain,
             allow_unused=True,
             is_grads_batched=r > 1,
         )

@@ -309,6 +309,23 @@ def test_documented_usage_backward_equals_accumulate_grads(name: str, weighting:
     assert relative_error(flat(from_factors), flat(accumulated_grads(params))) <= TOLERANCE
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn", "custom_direct_parameters", "siamese_fallback"])
+def test_a_gramian_without_retaining_the_graph(name: str) -> None:
+    """``retain_graph=False`` frees the graph (as ``backward()`` does), even where a fallback
+    module differentiates the losses a second time, and changes nothing else."""
+    arch = _by_name(name)
+    model, inputs = arch.make()
+    engine = Engine(model, batch_dim=0)
+    kept = engine.compute_gramian(PER_SAMPLE.losses(arch.outputs(model, inputs)))
+    losses = PER_SAMPLE.losses(arch.outputs(model, inputs))
+    gramian = engine.compute_gramian(losses, retain_graph=False)
+    assert torch.allclose(gramian, kept, rtol=1e-12, atol=1e-12)
+    weights = UPGradWeighting()(gramian)
+    engine.accumulate_grads(weights)  # from the saved factors: no graph needed
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        losses.backward(weights)
+
+
 # ---------------------------------------------------------------------------- errors
 def test_batchnorm_with_batch_dim_is_refused_with_the_fix() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.Tanh(), nn.BatchNorm1d(4)))
