@@ -15,8 +15,10 @@ def factor_gramian(x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = F
     """The Gramian ``[R, R]`` of the weight's (and/or the bias') per-objective gradients.
 
     Picks the cheapest exact form: for one position, ``(x xᵀ + 1) ⊙ (dy dyᵀ)``; otherwise
-    inner products of the factors (``O(R²T²o + B²T²i)``) or materialised per-objective
-    gradients (``O(RTio + R²io)``), whichever costs fewer operations.
+    inner products of the factors (``O(R²T²o + B²T²i)``; without a batch dimension, ``B = 1``,
+    the input kernel applied to each slice's gradients first: ``O(T²i + ST²o + S²To)``) or
+    materialised per-objective gradients (``O(RTio + R²io)``), whichever costs fewer
+    operations.
     """
     s, b, t, o = dy.shape
     i = x.shape[-1]
@@ -32,11 +34,19 @@ def factor_gramian(x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = F
         return kd * (kx if s == 1 else kx.repeat(s, s))
     total = 0
     if weight:
-        inner_cost = (r * t) ** 2 * o + (b * t) ** 2 * i + (r * t) ** 2
+        if b == 1:  # no batch dimension: apply the input kernel to each slice's gradients
+            inner_cost = t * t * i + s * t * t * o + s * s * t * o
+        else:
+            inner_cost = (r * t) ** 2 * o + (b * t) ** 2 * i + (r * t) ** 2
         materialise_cost = r * t * o * i + r * r * o * i
         if materialise_cost < inner_cost:
             grads = per_objective_factors(x, dy)
             total = grads @ grads.T
+        elif b == 1:
+            kx = x.reshape(t, i) @ x.reshape(t, i).T
+            d = dy.reshape(s, t, o)
+            applied = (kx @ d.transpose(0, 1).reshape(t, s * o)).reshape(t, s, o)
+            total = d.reshape(s, t * o) @ applied.transpose(0, 1).reshape(s, t * o).T
         else:
             kx = (x.reshape(b * t, i) @ x.reshape(b * t, i).T).reshape(b, t, b, t)
             d = dy.reshape(r * t, o)
