@@ -39,7 +39,7 @@ def check_modules(modules: Sequence[nn.Module], batch_dim: int | None) -> None:
 
 
 def check_untracked_uses(
-    losses: Tensor, rules: Sequence[Rule], uses: dict[int, list[Use]], fallback: dict
+    roots: Sequence[Tensor], rules: Sequence[Rule], uses: dict[int, list[Use]], fallback: dict
 ) -> None:
     """Refuses a closed-form parameter that the graph uses more often than the hooked calls do
     (a weight tied to a module outside the engine), which would make its Gramian wrong.
@@ -55,7 +55,7 @@ def check_untracked_uses(
             if key not in fallback:
                 calls[key] = calls.get(key, 0) + len(uses[id(rule)])
                 names[key] = f"{name!r} of {type(rule.module).__name__}"
-    references = _references(losses, set(calls))
+    references = _references(roots, set(calls))
     for key, count in references.items():
         if count > calls[key]:
             raise ValueError(
@@ -65,10 +65,10 @@ def check_untracked_uses(
             )
 
 
-def _references(losses: Tensor, keys: set[int]) -> dict[int, int]:
+def _references(roots: Sequence[Tensor], keys: set[int]) -> dict[int, int]:
     counts: dict[int, int] = {}
     seen: set[object] = set()
-    stack = [losses.grad_fn] if losses.grad_fn is not None else []
+    stack = [root.grad_fn for root in roots if root.grad_fn is not None]
     while stack:
         node = stack.pop()
         if node in seen:

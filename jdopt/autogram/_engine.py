@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +30,18 @@ class _Step:
     from_losses: dict[int, Tensor]  # id(param) ↦ per-objective gradients [R, numel]
     global_shape: torch.Size | None = None  # distributed: the shape of every process's losses
     offset: int = 0  # distributed, per-sample: where this process's samples start
+
+
+@dataclass
+class _Roots:
+    """What the engine differentiates: tensors, their cotangents ``[S, ...]`` per slice, the
+    shape of the objectives, and their cotangents ``[R, ...]`` per objective (given the order
+    of the objectives)."""
+
+    tensors: list[Tensor]
+    cotangents: list[Tensor]
+    shape: torch.Size
+    per_objective: Callable[[Tensor], list[Tensor]]
 
 
 class Engine:
@@ -136,31 +148,71 @@ class Engine:
             retain_graph: keep the graph of ``losses`` (default), so that
                 ``losses.backward(weights)`` can follow. ``False`` frees it during the backward
                 pass, like ``backward()`` does: less memory when the weighted gradient comes
-                from :meth:`accumulate_grads`.
+                from :meth:`accumulate_grads` (the graph is kept all the same when a hooked
+                ``MultiheadAttention``, whose rule differentiates its own graph, was called).
         """
         losses = as_losses(losses)
         layout, order, cotangents = self._plan(losses.shape, losses.dtype, losses.device)
+        roots = _Roots([losses], [cotangents], losses.shape, self._objective_cotangents(losses))
+        return self._compute(roots, layout, order, retain_graph)
+
+    def compute_gramian_of_rows(
+        self,
+        outputs: Sequence[Tensor],
+        cotangents: Sequence[Tensor],
+        *,
+        retain_graph: bool = True,
+    ) -> Tensor:
+        """The Gramian ``[k, k]`` of ``k`` vector-Jacobian products of ``outputs``.
+
+        Row ``i`` is the gradient, with respect to the hooked modules' parameters, of
+        ``Σⱼ ⟨cotangents[j][i], outputs[j]⟩``: for instance, with ``outputs`` the shared
+        features of a multi-task model and ``cotangents`` each task's gradient at them, the
+        rows of the multi-task Jacobian over the trunk. :meth:`accumulate_grads` then takes
+        weights ``[k]``. Not available with ``distributed=True``.
+
+        Args:
+            outputs: tensors computed with the hooked modules.
+            cotangents: one ``[k, *output.shape]`` tensor per output.
+            retain_graph: as in :meth:`compute_gramian`.
+        """
+        if self.distributed and world_size() > 1:
+            raise RuntimeError("compute_gramian_of_rows does not support distributed engines.")
+        k = cotangents[0].shape[0]
+        device = cotangents[0].device
+        roots = _Roots(list(outputs), list(cotangents), torch.Size([k]), lambda _: list(cotangents))
+        order = torch.arange(k, device=device)
+        return self._compute(roots, Layout(k, per_sample=False), order, retain_graph)
+
+    def _objective_cotangents(self, losses: Tensor) -> Callable[[], list[Tensor]]:
+        def make(order: Tensor) -> list[Tensor]:
+            eye = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
+            return [eye[order].reshape(len(order), *losses.shape)]
+
+        return make
+
+    def _compute(self, roots: _Roots, layout: Layout, order: Tensor, retain_graph: bool) -> Tensor:
         recorded = {id(rule): list(self._uses[id(rule)]) for rule in self._rules}
         self.clear()
         fallback = self._fallback_params(recorded)
-        retain = retain_graph or bool(fallback)  # the fallback differentiates the losses again
-        uses = self._backward_to_outputs(
-            losses, recorded, fallback, cotangents, layout.slices, retain
-        )
+        # Rules that differentiate their module's graph need it until accumulate_grads.
+        keep = retain_graph or any(r.needs_graph and recorded[id(r)] for r in self._rules)
+        retain = keep or bool(fallback)  # the fallback differentiates the losses again
+        uses = self._backward_to_outputs(roots, recorded, fallback, layout, retain)
         if not self._checked_ties:
-            check_untracked_uses(losses, self._rules, uses, fallback)
+            check_untracked_uses(roots.tensors, self._rules, uses, fallback)
             self._checked_ties = True
-        from_losses = self._grads_from_losses(losses, fallback, order, retain_graph)
+        from_losses = self._grads_from_losses(roots, fallback, order, keep)
         if not any(uses.values()) and not from_losses:
             raise ValueError(
                 "The losses depend on none of the hooked modules' calls recorded since the last "
                 "Gramian. Compute the losses with the hooked modules."
             )
-        step = _Step(layout, uses, order, losses.shape, from_losses)
+        step = _Step(layout, uses, order, roots.shape, from_losses)
         if self.distributed and world_size() > 1:
             gramian = self._global_gramian(step, fallback)
             shape = step.global_shape
-            order = self._plan(shape, losses.dtype, losses.device)[1]
+            order = self._plan(shape, roots.tensors[0].dtype, roots.tensors[0].device)[1]
         else:
             parts = [
                 rule.gramian(uses[id(rule)], own, layout)
@@ -175,7 +227,7 @@ class Engine:
             )
             parts.extend(grads @ grads.T for grads in from_losses.values())
             gramian = _sum(parts)
-            shape = losses.shape
+            shape = roots.shape
         self._last = step
         if layout.per_sample and layout.slices > 1 and shape[self.batch_dim] > 1:
             # Objectives are (s, b), slices first; the losses' flat order is another one.
@@ -275,11 +327,10 @@ class Engine:
 
     def _backward_to_outputs(
         self,
-        losses: Tensor,
+        roots: _Roots,
         recorded: dict[int, list[Use]],
         fallback: dict[int, nn.Parameter],
-        cotangents: Tensor,
-        slices: int,
+        layout: Layout,
         retain_graph: bool,
     ) -> dict[int, list[Use]]:
         """Fills the output gradients ``[S, *output.shape]`` of the closed-form rules' calls."""
@@ -301,11 +352,11 @@ class Engine:
                     "after creating the engine."
                 )
             return live
-        batched = slices > 1
+        batched = layout.slices > 1
         grads = torch.autograd.grad(
-            losses,
+            roots.tensors,
             outputs,
-            cotangents if batched else cotangents[0],
+            [c if batched else c[0] for c in roots.cotangents],
             retain_graph=retain_graph,
             allow_unused=True,
             is_grads_batched=batched,
@@ -317,24 +368,24 @@ class Engine:
             if all(g is None for g in own):
                 continue  # a call outside the graph of these losses (e.g. an earlier step)
             use.grads = [None if g is None else (g if batched else g.unsqueeze(0)) for g in own]
-            self._check_batch(rule, use, losses)
+            if layout.per_sample:
+                self._check_batch(rule, use, roots.tensors[0])
             live[id(rule)].append(use)
         return live
 
     def _grads_from_losses(
-        self, losses: Tensor, fallback: dict[int, nn.Parameter], order: Tensor, retain: bool
+        self, roots: _Roots, fallback: dict[int, nn.Parameter], order: Tensor, retain: bool
     ) -> dict[int, Tensor]:
         """Per-objective gradients ``[R, numel]`` of the fallback parameters, from the losses."""
         if not fallback:
             return {}
         params = list(fallback.values())
         r = len(order)
-        eye = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
-        cotangents = eye[order].reshape(r, *losses.shape)
+        cotangents = roots.per_objective(order)
         grads = torch.autograd.grad(
-            losses,
+            roots.tensors,
             params,
-            cotangents if r > 1 else cotangents[0],
+            [c if r > 1 else c[0] for c in cotangents],
             retain_graph=retain,
             allow_unused=True,
             is_grads_batched=r > 1,

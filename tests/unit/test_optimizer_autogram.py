@@ -8,6 +8,7 @@ from torch import nn
 
 import jdopt.aggregation as agg
 from jdopt import JDOptimizer
+from tests.utils.architectures import ARCHITECTURES
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -61,6 +62,24 @@ def test_autogram_steps_equal_autojac_steps(shape: str, batch_dim, aggregator) -
     assert gram.last_step.engine == "autogram" and jac.last_step.engine == "autojac"
     assert torch.allclose(_params(gram_model), _params(jac_model), atol=1e-9)
     assert torch.allclose(gram.last_step.gramian, jac.last_step.gramian, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["transformer_encoder", "embedding_gru", "siamese_fallback"])
+def test_zoo_models_with_graph_based_rules_step_like_autojac(name: str) -> None:
+    """The saved-factor path frees the graph early unless a rule needs it (attention, the
+    fallback): the steps still equal the full-Jacobian engine's."""
+    arch = next(a for a in ARCHITECTURES if a.name == name)
+    models = [arch.make()[0] for _ in range(2)]
+    inputs = arch.make()[1]
+    gram = JDOptimizer(
+        torch.optim.SGD(models[0].parameters(), lr=0.1), model=models[0], batch_dim=0
+    )
+    jac = JDOptimizer(torch.optim.SGD(models[1].parameters(), lr=0.1), engine="autojac")
+    for jd, model in ((gram, models[0]), (jac, models[1])):
+        for _ in range(2):
+            jd.zero_grad()
+            jd.step(arch.outputs(model, inputs).pow(2).mean(dim=1))
+    assert torch.allclose(_params(models[0]), _params(models[1]), atol=1e-9)
 
 
 def test_partial_engine_weights_the_whole_model() -> None:

@@ -35,6 +35,7 @@ class Rule(ABC):
     """
 
     from_losses = False  # True: the engine computes this rule's gradients from the losses
+    needs_graph = False  # True: the rule differentiates its module's recorded graph itself
 
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
         self.module = module

@@ -33,6 +33,8 @@ class FallbackRule(Rule):
 
 
 class AttentionRule(Rule):
+    needs_graph = True
+
     def __init__(self, module: nn.MultiheadAttention, names: Sequence[str]) -> None:
         super().__init__(module, names)
         self.batch_axis = 0 if module.batch_first else 1

@@ -309,7 +309,10 @@ def test_documented_usage_backward_equals_accumulate_grads(name: str, weighting:
     assert relative_error(flat(from_factors), flat(accumulated_grads(params))) <= TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "custom_direct_parameters", "siamese_fallback"])
+@pytest.mark.parametrize(
+    "name",
+    ["mlp", "cnn", "custom_direct_parameters", "siamese_fallback", "transformer_encoder"],
+)
 def test_a_gramian_without_retaining_the_graph(name: str) -> None:
     """``retain_graph=False`` frees the graph (as ``backward()`` does), even where a fallback
     module differentiates the losses a second time, and changes nothing else."""
@@ -321,9 +324,46 @@ def test_a_gramian_without_retaining_the_graph(name: str) -> None:
     gramian = engine.compute_gramian(losses, retain_graph=False)
     assert torch.allclose(gramian, kept, rtol=1e-12, atol=1e-12)
     weights = UPGradWeighting()(gramian)
-    engine.accumulate_grads(weights)  # from the saved factors: no graph needed
-    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+    engine.accumulate_grads(weights)  # from the saved factors (attention: its own graph)
+    if name == "transformer_encoder":  # the attention rule needs the graph: it is kept
         losses.backward(weights)
+    else:
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            losses.backward(weights)
+
+
+@pytest.mark.parametrize(
+    "name", ["mlp", "cnn", "linear_3d", "transformer_encoder", "custom_direct_parameters"]
+)
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_gramian_of_rows_of_vector_jacobian_products(name: str, batch_dim: int | None) -> None:
+    """Rows ``∇⟨cᵢ, f⟩`` (e.g. the multi-task Jacobian over a trunk from the tasks' gradients
+    at the features ``f``) against ``autograd.grad``, and the weighted gradient."""
+    arch = _by_name(name)
+    model, inputs = arch.make()
+    params = trainable_parameters(model)
+    engine = Engine(model, batch_dim=batch_dim)
+    features = arch.outputs(model, inputs)
+    first, second = features[:, :1], features[:, 1:]
+    g = torch.Generator().manual_seed(3)
+    cotangents = [torch.randn(4, *t.shape, generator=g, dtype=_F64) for t in (first, second)]
+    rows = torch.stack(
+        [
+            flat(
+                torch.autograd.grad(
+                    (cotangents[0][i] * first).sum() + (cotangents[1][i] * second).sum(),
+                    params,
+                    retain_graph=True,
+                )
+            )
+            for i in range(4)
+        ]
+    )
+    gramian = engine.compute_gramian_of_rows([first, second], cotangents, retain_graph=False)
+    assert relative_error(gramian, rows @ rows.T) <= TOLERANCE
+    weights = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=_F64)
+    engine.accumulate_grads(weights)
+    assert relative_error(flat(accumulated_grads(params)), weights @ rows) <= TOLERANCE
 
 
 # ---------------------------------------------------------------------------- errors
