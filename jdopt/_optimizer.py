@@ -20,7 +20,7 @@ from .autogram import Engine
 from .autojac._accumulate import accumulate, add_grad, flatten_rows
 from .autojac._backward import compute_jacobian
 from .autojac._graph import reached_leaves
-from .autojac._mtl_backward import check_features, compute_mtl_jacobian
+from .autojac._mtl_backward import check_features, compute_mtl_jacobian, feature_cotangents
 from .distributed._collectives import all_gather_cat, all_reduce_, broadcast_, is_distributed
 
 
@@ -221,6 +221,10 @@ class JDOptimizer(DelegatingOptimizer):
         upstream = {id(t) for t in reached_leaves(features)}
         shared = [p for p in params if id(p) in upstream]
         heads = [p for p in params if id(p) not in upstream]
+        if self._mtl_on_engine(shared) and self._backward_mtl_autogram(
+            losses, features, shared, heads, tasks
+        ):
+            return
         blocks, used, head_grads = compute_mtl_jacobian(
             losses, features, shared, heads, False, self.parallel_chunk_size, tasks
         )
@@ -232,6 +236,42 @@ class JDOptimizer(DelegatingOptimizer):
         accumulate(update, used)
         for param, grad in head_grads:
             add_grad(param, grad)
+
+    def _mtl_on_engine(self, shared: list[Tensor]) -> bool:
+        """Whether the Gramian engine covers the whole trunk of a multi-task step."""
+        engine = self._gramian_engine
+        if engine is None or self._distributed:
+            return False
+        if self._covered is None:
+            self._covered = {id(p) for p in engine.params}
+        return all(id(p) in self._covered for p in shared)
+
+    def _backward_mtl_autogram(
+        self,
+        losses: Tensor,
+        features: list[Tensor],
+        shared: list[Tensor],
+        heads: list[Tensor],
+        tasks: list[Tensor] | None,
+    ) -> bool:
+        """A multi-task step with the trunk on the Gramian engine; ``False`` when it does not
+        apply (a shared parameter reaches the losses around the features)."""
+        found = feature_cotangents(losses, features, shared, heads, self.parallel_chunk_size, tasks)
+        if found is None:
+            return False
+        reached, cotangents, head_grads = found
+        engine = self._gramian_engine
+        gramian = engine.compute_gramian_of_rows(reached, cotangents, retain_graph=False)
+        scale = _scale(self.scaler)
+        weights = self._weights(gramian / scale**2, losses.shape, "autogram-mtl")
+        if weights is None:  # non-finite: let the GradScaler skip this step
+            for param in [*shared, *heads]:
+                add_grad(param, torch.full_like(param, torch.nan))
+            return True
+        engine.accumulate_grads(weights.reshape(-1))
+        for param, grad in head_grads:
+            add_grad(param, grad)
+        return True
 
     def _aggregate(self, blocks: list[Tensor], shape: torch.Size, engine: str) -> list[Tensor]:
         """The update, one block per block ``[m, nᵢ]`` of the Jacobian (in the scaler's space).

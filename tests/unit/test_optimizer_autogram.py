@@ -171,3 +171,68 @@ def test_non_finite_gramian_is_skipped_with_a_scaler_and_refused_without() -> No
     with pytest.raises(ValueError, match="contains NaN or inf"):
         plain.step(losses + torch.sqrt(losses * 0.0))
     assert all(p.grad is None for p in model.parameters()) and plain.state == {}
+
+
+class _MultiTask(nn.Module):
+    """A trunk and three heads; ``shared_head``: one head module for every task; ``tied``: the
+    first task also uses the trunk's first weight directly."""
+
+    def __init__(self, shared_head: bool = False, tied: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.ReLU())
+        self.heads = nn.ModuleList(nn.Linear(5, 1) for _ in range(1 if shared_head else 3))
+        self.shared_head, self.tied = shared_head, tied
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        features = self.trunk(x)
+        heads = [self.heads[0]] * 3 if self.shared_head else list(self.heads)
+        tasks = [(h(features).squeeze(1) - i).pow(2).mean() for i, h in enumerate(heads)]
+        if self.tied:
+            tasks[0] = tasks[0] + self.trunk[0].weight.sum() ** 2
+        return tasks, features
+
+
+@pytest.mark.parametrize(
+    ("variant", "engine"),
+    [
+        ({}, "autogram-mtl"),
+        ({"shared_head": True}, "autogram-mtl"),
+        ({"tied": True}, "autojac-mtl"),
+    ],
+)
+@pytest.mark.parametrize("form", ["list", "stacked"])
+@pytest.mark.parametrize("aggregator", [agg.UPGrad(), agg.MGDAWeighting(), agg.Sum()])
+def test_multi_task_steps_with_the_trunk_on_the_engine(variant, engine, form, aggregator) -> None:
+    gram_model, jac_model = _MultiTask(**variant), _MultiTask(**variant)
+    gram = JDOptimizer(
+        torch.optim.Adam(gram_model.parameters(), lr=0.01),
+        aggregator=aggregator,
+        model=gram_model.trunk,
+    )
+    jac = JDOptimizer(torch.optim.Adam(jac_model.parameters(), lr=0.01), aggregator=aggregator)
+    for step in range(3):
+        x = torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+        for jd, model in ((gram, gram_model), (jac, jac_model)):
+            tasks, features = model(x)
+            jd.zero_grad()
+            jd.step(tasks if form == "list" else torch.stack(tasks), features=features)
+    assert gram.last_step.engine == engine and jac.last_step.engine == "autojac-mtl"
+    assert torch.allclose(_params(gram_model), _params(jac_model), atol=1e-9)
+    assert torch.allclose(gram.last_step.gramian, jac.last_step.gramian, atol=1e-9)
+
+
+@pytest.mark.parametrize(("model", "engine"), [("whole", "autogram-mtl"), ("last", "autojac-mtl")])
+def test_multi_task_engine_on_more_or_less_than_the_trunk(model: str, engine: str) -> None:
+    """The whole model (heads hooked too) still uses the engine; an engine that misses part of
+    the trunk leaves the step to the full-Jacobian engine. Both give the reference gradients."""
+    net = _MultiTask()
+    hooked = net if model == "whole" else net.trunk[2]
+    jd = JDOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), aggregator=agg.Sum(), model=hooked)
+    tasks, features = net(torch.randn(7, 4, dtype=torch.float64))
+    expected = torch.autograd.grad(sum(tasks), list(net.parameters()), retain_graph=True)
+    jd.backward(tasks, features=features)
+    assert jd.last_step.engine == engine
+    for p, g in zip(net.parameters(), expected, strict=True):
+        assert torch.allclose(p.grad, g, atol=1e-12)
