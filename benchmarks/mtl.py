@@ -2,7 +2,9 @@
 
 A trunk MLP (64 → 256 → 256) feeds k linear heads; batch 64. All variants use SGD on the same
 model and batch, timed interleaved in one process (medians after warm-up). The JD step gets the
-task losses as a list, as ``mtl_backward`` takes them (a stacked tensor takes the same path).
+task losses as a list, as ``mtl_backward`` takes them (a stacked tensor takes the same path),
+on the full-Jacobian engine (``JDOptimizer(opt, aggregator=UPGrad())``) and on the Gramian
+engine (``model=trunk``: the trunk's Jacobian is never formed).
 
     python benchmarks/mtl.py [--tasks 2 10 40] [--repeats 50]
 """
@@ -45,17 +47,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print(f"{'k':>4} {'sum step (ms)':>14} {'JD step (ms)':>13} {'ratio':>6}")
+    header = f"{'k':>4} {'sum step (ms)':>14} {'autojac (ms)':>13} {'ratio':>6}"
+    print(header + f" {'autogram':>9} {'ratio':>6}")
     for k in args.tasks:
-        times = bench(k, args.batch, args.repeats)
-        ratio = times["jd"] / times["sum"]
-        print(f"{k:>4} {times['sum'] * 1e3:>14.2f} {times['jd'] * 1e3:>13.2f} {ratio:>6.2f}")
+        t = bench(k, args.batch, args.repeats)
+        print(
+            f"{k:>4} {t['sum'] * 1e3:>14.2f} {t['jd'] * 1e3:>13.2f} {t['jd'] / t['sum']:>6.2f} "
+            f"{t['gram'] * 1e3:>9.2f} {t['gram'] / t['sum']:>6.2f}"
+        )
 
 
 def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
     trunk, heads, params, x, y = setup(k, batch)
     plain = torch.optim.SGD(params, lr=1e-3)
     jd = JDOptimizer(torch.optim.SGD(params, lr=1e-3), aggregator=UPGrad())
+    gram = JDOptimizer(torch.optim.SGD(params, lr=1e-3), aggregator=UPGrad(), model=trunk)
 
     def plain_step() -> None:
         losses, _ = losses_of(trunk, heads, x, y)
@@ -63,12 +69,16 @@ def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
         torch.stack(losses).sum().backward()
         plain.step()
 
-    def jd_step() -> None:
+    def jd_step(optimizer: JDOptimizer = jd) -> None:
         losses, features = losses_of(trunk, heads, x, y)
-        jd.zero_grad()
-        jd.step(losses, features=features)
+        optimizer.zero_grad()
+        optimizer.step(losses, features=features)
 
-    return interleaved_medians({"sum": plain_step, "jd": jd_step}, repeats=repeats)
+    def gram_step() -> None:
+        jd_step(gram)
+
+    steps = {"sum": plain_step, "jd": jd_step, "gram": gram_step}
+    return interleaved_medians(steps, repeats=repeats)
 
 
 if __name__ == "__main__":

@@ -18,30 +18,32 @@ def compute_gramian(matrix: Tensor, /) -> Tensor:
     Returns:
         ``[m, m]``.
     """
-    gramian = _product_with_transpose(matrix)
+    gramian = product_with_transpose(matrix)
     return (gramian + gramian.T) / 2
 
 
-def _product_with_transpose(matrix: Tensor) -> Tensor:
-    """``matrix @ matrix.T``; for a short, wide ``matrix``, as a sum over column chunks.
+def product_with_transpose(left: Tensor, right: Tensor | None = None) -> Tensor:
+    """``left @ right.T`` (``right`` defaults to ``left``); for short, wide operands, as a sum
+    over column chunks.
 
-    BLAS handles ``[m, n] @ [n, m]`` with small ``m`` and large ``n`` poorly on CPUs (about a
-    fifth of its usual speed at ``m = 10``, ``n = 65536``); one batched product of
+    BLAS handles ``[m, n] @ [n, p]`` with small ``m``, ``p`` and large ``n`` poorly on CPUs
+    (about a fifth of its usual speed at ``m = p = 10``, ``n = 65536``); one batched product of
     ``_CHUNK``-column slices, summed, runs at full speed.
     """
-    m, n = matrix.shape
-    if m > _SHORT or n < _WIDE:
-        return matrix @ matrix.T
+    right = left if right is None else right
+    (m, n), p = left.shape, right.shape[0]
+    if max(m, p) > _SHORT or n < _WIDE:
+        return left @ right.T
     whole = n - n % _CHUNK
-    slices = matrix[:, :whole].reshape(m, -1, _CHUNK).transpose(0, 1)  # [n / chunk, m, chunk]
-    gramian = torch.bmm(slices, slices.transpose(1, 2)).sum(dim=0)
+    slices = left[:, :whole].reshape(m, -1, _CHUNK).transpose(0, 1)  # [n / chunk, m, chunk]
+    others = right[:, :whole].reshape(p, -1, _CHUNK).permute(1, 2, 0)  # [n / chunk, chunk, p]
+    product = torch.bmm(slices, others).sum(dim=0)
     if whole < n:
-        rest = matrix[:, whole:]
-        gramian += rest @ rest.T
-    return gramian
+        product += left[:, whole:] @ right[:, whole:].T
+    return product
 
 
-_SHORT, _WIDE, _CHUNK = 16, 32768, 1024
+_SHORT, _WIDE, _CHUNK = 16, 16384, 1024
 
 
 def sum_of_gramians(blocks: Sequence[Tensor], /) -> Tensor:
@@ -55,7 +57,7 @@ def sum_of_gramians(blocks: Sequence[Tensor], /) -> Tensor:
         dtype = torch.promote_types(dtype, block.dtype)
     if dtype in (torch.float16, torch.bfloat16):  # their sums of squares overflow or round
         dtype = torch.float32
-    gramian = sum(_product_with_transpose(b.to(dtype)) for b in blocks)
+    gramian = sum(product_with_transpose(b.to(dtype)) for b in blocks)
     return (gramian + gramian.T) / 2
 
 

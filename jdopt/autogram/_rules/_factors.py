@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..._linalg import product_with_transpose
+
 
 def factor_gramian(x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = False) -> Tensor:
     """The Gramian ``[R, R]`` of the weight's (and/or the bias') per-objective gradients.
@@ -41,12 +43,12 @@ def factor_gramian(x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = F
         materialise_cost = r * t * o * i + r * r * o * i
         if materialise_cost < inner_cost:
             grads = per_objective_factors(x, dy)
-            total = grads @ grads.T
+            total = product_with_transpose(grads)
         elif b == 1:
             kx = x.reshape(t, i) @ x.reshape(t, i).T
             d = dy.reshape(s, t, o)
-            applied = (kx @ d.transpose(0, 1).reshape(t, s * o)).reshape(t, s, o)
-            total = d.reshape(s, t * o) @ applied.transpose(0, 1).reshape(s, t * o).T
+            applied = torch.matmul(kx, d)  # [s, t, o]: Σ_v kx[t, v] d[s, v]
+            total = product_with_transpose(d.reshape(s, t * o), applied.reshape(s, t * o))
         else:
             kx = (x.reshape(b * t, i) @ x.reshape(b * t, i).T).reshape(b, t, b, t)
             d = dy.reshape(r * t, o)
@@ -60,7 +62,11 @@ def factor_gramian(x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = F
 
 def per_objective_factors(x: Tensor, dy: Tensor) -> Tensor:
     """The per-objective weight gradients ``[R, o·i]``."""
-    s, b = dy.shape[:2]
+    s, b, t, o = dy.shape
+    if b == 1:  # one product: [s·o, t] @ [t, i]
+        return (dy.reshape(s, t, o).transpose(1, 2).reshape(s * o, t) @ x.reshape(t, -1)).reshape(
+            s, -1
+        )
     return torch.einsum("sbto,bti->sboi", dy, x).reshape(s * b, -1)
 
 
