@@ -3,8 +3,9 @@
 Three regression tasks share an input; their targets pull the shared representation in
 different directions. ``jd.step(losses, features=features)`` gives each head the gradient of
 its own loss and the trunk the UPGrad aggregation of the tasks' gradients, so that no task's
-loss is increased by the trunk's update (to first order). A learning-rate scheduler drives the
-wrapped optimizer as usual. The data are generated.
+loss is increased by the trunk's update (to first order). With ``model=trunk`` the trunk's
+Gramian comes from the Gramian engine. A learning-rate scheduler drives the wrapped optimizer
+as usual. The data are generated.
 
     python examples/multi_task.py
 """
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> list[float]:
     trunk = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU())
     heads = nn.ModuleList(nn.Linear(16, 1) for _ in range(args.tasks))
     params = [*trunk.parameters(), *heads.parameters()]
-    jd = JDOptimizer(torch.optim.Adam(params, lr=1e-2), aggregator=UPGrad())
+    # model=trunk: the trunk's Gramian comes from the Gramian engine (no Jacobian over it).
+    jd = JDOptimizer(torch.optim.Adam(params, lr=1e-2), aggregator=UPGrad(), model=trunk)
     scheduler = torch.optim.lr_scheduler.StepLR(jd, step_size=10, gamma=0.5)
 
     for _ in tqdm(range(args.epochs), desc="epochs"):
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> list[float]:
             float(((h(features).squeeze(1) - y[:, t]) ** 2).mean()) for t, h in enumerate(heads)
         ]
     print("final loss per task:", ", ".join(f"{v:.4f}" for v in final))
-    print(f"learning rate now {jd.param_groups[0]['lr']:.2e}; task weights of the last step:")
+    print(f"engine: {jd.last_step.engine}; learning rate now {jd.param_groups[0]['lr']:.2e}")
+    print("task weights of the last step:")
     print("  ", [round(w, 3) for w in jd.last_step.weights.tolist()])
     return final
 
