@@ -43,7 +43,11 @@ class JDOptimizer(DelegatingOptimizer):
       otherwise from ``losses.backward(weights)`` (partial Jacobian descent: the Gramian of
       some layers, the weights applied to the whole model).
     - ``"autojac"``: the full Jacobian over the optimizer's parameters (needed by ConFIG,
-      GradDrop, NashMTL, TrimmedMean, and by ``features=``).
+      GradDrop, NashMTL, TrimmedMean).
+
+    Multi-task steps (``features=``) use the Gramian engine for the trunk when ``model`` holds
+    every parameter upstream of the features (``last_step.engine == "autogram-mtl"``), the full
+    Jacobian otherwise (``"autojac-mtl"``).
 
     Args:
         optimizer: the optimizer to wrap (SGD, Adam, AdamW, …), built as usual.
@@ -143,8 +147,7 @@ class JDOptimizer(DelegatingOptimizer):
         Args:
             losses: one loss per objective, any shape (each element is an objective).
             features: the shared representation of a multi-task model: the parameters
-                upstream of it get Jacobian descent, the heads their own task's gradient
-                (always on the autojac engine).
+                upstream of it get Jacobian descent, the heads their own task's gradient.
 
         Raises:
             TypeError, ValueError: on invalid losses or features, before anything changes.
