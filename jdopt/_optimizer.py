@@ -228,6 +228,8 @@ class JDOptimizer(DelegatingOptimizer):
             losses, features, shared, heads, tasks
         ):
             return
+        if self._gramian_engine is not None:  # not used this step: drop what it recorded
+            self._gramian_engine.clear()
         blocks, used, head_grads = compute_mtl_jacobian(
             losses, features, shared, heads, False, self.parallel_chunk_size, tasks
         )

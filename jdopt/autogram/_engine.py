@@ -28,6 +28,7 @@ class _Step:
     order: Tensor  # objective (s, b) ↦ flat index in the losses
     shape: torch.Size
     from_losses: dict[int, Tensor]  # id(param) ↦ per-objective gradients [R, numel]
+    fallback: frozenset[int] = frozenset()  # id(param) of every parameter done from the losses
     global_shape: torch.Size | None = None  # distributed: the shape of every process's losses
     offset: int = 0  # distributed, per-sample: where this process's samples start
 
@@ -208,7 +209,7 @@ class Engine:
                 "The losses depend on none of the hooked modules' calls recorded since the last "
                 "Gramian. Compute the losses with the hooked modules."
             )
-        step = _Step(layout, uses, order, roots.shape, from_losses)
+        step = _Step(layout, uses, order, roots.shape, from_losses, frozenset(fallback))
         if self.distributed and world_size() > 1:
             gramian = self._global_gramian(step, fallback)
             shape = step.global_shape
@@ -390,9 +391,13 @@ class Engine:
             allow_unused=True,
             is_grads_batched=r > 1,
         )
+        # A parameter the roots do not reach gets no gradient, as with backward() (the
+        # processes of a distributed engine keep zeros: they gather every entry together).
+        keep_unreached = self.distributed and world_size() > 1
         return {
             id(p): (p.new_zeros(r, p.numel()) if g is None else g.reshape(r, -1).to(p.dtype))
             for p, g in zip(params, grads, strict=True)
+            if g is not None or keep_unreached
         }
 
     def _check_batch(self, rule: Rule, use: Use, losses: Tensor) -> None:
@@ -460,7 +465,7 @@ class Engine:
                 continue
             for name, grad in rule.weighted(step.uses[id(rule)], flat, step.layout).items():
                 key = id(rule.param(name))
-                if key not in step.from_losses:
+                if key not in step.fallback:
                     grads[key] = grads[key] + grad if key in grads else grad
         for key, per_objective in step.from_losses.items():
             grads[key] = flat.to(per_objective.dtype) @ per_objective

@@ -83,6 +83,23 @@ def _below(nodes: set[Node]) -> set[Node]:
     return seen
 
 
+def separable(losses: Tensor, features: Sequence[Tensor], shared: Sequence[Tensor]) -> bool:
+    """Whether the losses' gradients at the features are all they pass on to the trunk.
+
+    True when the features are distinct, none is computed from another, and the losses reach
+    the trunk only through the features: then the total gradient at each feature is exactly
+    what flows from it into the trunk.
+    """
+    targets = {(f.grad_fn, f.output_nr) for f in features}
+    nodes = {node for node, _ in targets}
+    if len(targets) < len(features) or None in nodes or losses.grad_fn is None:
+        return False
+    for node in _below(nodes):  # a feature below another one's node: nested features
+        if any((child, nr) in targets for child, nr in node.next_functions if child is not None):
+            return False
+    return split_at_features([losses.grad_fn], features, shared) is not None
+
+
 def gradients_at_features(
     losses: Tensor,
     edges: list[list[_Edge]],

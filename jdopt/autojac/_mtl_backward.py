@@ -8,7 +8,7 @@ from torch import Tensor
 from .._losses import as_losses, check_chunk_size, check_inputs
 from ._accumulate import accumulate, add_grad, flatten_rows
 from ._graph import reached_leaves
-from ._heads import gradients_at_features, split_at_features, task_roots
+from ._heads import gradients_at_features, separable, split_at_features, task_roots
 from ._jacobian import identity_rows, jacobian_rows
 
 
@@ -134,17 +134,18 @@ def feature_cotangents(
     """Each objective's gradient at the features, for a trunk handled by the caller.
 
     Returns the features that the losses reach, their cotangents ``[k, *feature.shape]`` (row
-    ``i``: the gradient of ``losses[i]``), and the heads' gradients; or ``None`` when some
-    shared parameter also reaches the losses around the features (then the trunk's Jacobian is
-    not a function of these cotangents). Keeps the graph.
+    ``i``: what ``losses[i]`` passes to the trunk through the feature), and the heads'
+    gradients; or ``None`` when some shared parameter also reaches the losses around the
+    features (then the trunk's Jacobian is not a function of these cotangents), or when the
+    batched pass that gives them cannot tell the features' own contributions apart (nested or
+    repeated features). Keeps the graph.
     """
     roots = task_roots(losses, tasks)
     edges = None if roots is None else split_at_features(roots, features, shared)
     if edges is not None:
         captured, head_grads = gradients_at_features(losses, edges, features, heads)
         return *_stacked(captured, features), _own_storage(heads, head_grads)
-    around = {id(p) for p in reached_leaves([losses], stop_at=features)}
-    if any(id(p) in around for p in shared):
+    if not separable(losses, features, shared):
         return None
     rows = jacobian_rows(
         [losses],

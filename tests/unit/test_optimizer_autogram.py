@@ -236,3 +236,75 @@ def test_multi_task_engine_on_more_or_less_than_the_trunk(model: str, engine: st
     assert jd.last_step.engine == engine
     for p, g in zip(net.parameters(), expected, strict=True):
         assert torch.allclose(p.grad, g, atol=1e-12)
+
+
+class _Custom(nn.Module):
+    """A head with direct parameters: the engine's fallback rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(5, dtype=torch.float64))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features * self.weight).sum(dim=1)
+
+
+@pytest.mark.parametrize("case", ["nested", "view", "sibling", "repeated", "separate"])
+def test_multi_task_features_that_overlap_fall_back_to_the_full_jacobian(case: str) -> None:
+    """Regressions: the losses' gradients at nested, overlapping or repeated features are not
+    the features' own contributions; the engine path must not take them for such."""
+
+    def run(model):
+        torch.manual_seed(0)
+        trunk = nn.Sequential(nn.Linear(4, 6), nn.Tanh()).double()
+        head = nn.Linear(6, 3).double()
+        params = [*trunk.parameters(), *head.parameters()]
+        jd = JDOptimizer(torch.optim.SGD(params, lr=0.1), model=trunk if model else None)
+        h = trunk(
+            torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        )
+        first, rest = h.split([2, 4], dim=1)
+        features = {
+            "nested": [h, h.exp()],
+            "view": [h, h[:, :3]],
+            "sibling": [first],
+            "repeated": [h, h],
+            "separate": [first, rest],
+        }[case]
+        if case == "nested":
+            used = torch.cat([h[:, :3], features[1][:, 3:]], dim=1)
+        elif case in ("sibling", "separate"):  # sibling: `rest` is not a feature
+            used = torch.cat([first, rest.exp()], dim=1)
+        else:
+            used = h
+        losses = head(used).pow(2).mean(dim=0)  # one head for the three tasks: [3]
+        jd.step(losses, features=features)
+        return torch.cat([p.detach().reshape(-1) for p in params]), jd.last_step.engine
+
+    (engine_params, engine), (reference, _) = run(True), run(False)
+    assert engine == ("autogram-mtl" if case == "separate" else "autojac-mtl")
+    assert torch.allclose(engine_params, reference, atol=1e-12)
+
+
+def test_a_multi_task_step_off_the_engine_leaves_nothing_recorded() -> None:
+    net = _MultiTask(tied=True)
+    jd = JDOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), model=net.trunk)
+    for _ in range(3):
+        tasks, features = net(torch.randn(7, 4, dtype=torch.float64))
+        jd.step(tasks, features=features)
+        assert jd.last_step.engine == "autojac-mtl"
+        assert not any(jd._gramian_engine._uses.values())
+
+
+def test_a_fallback_head_outside_the_step_gets_no_gradient() -> None:
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(4, 5), nn.Tanh()).double()
+    used, unused = _Custom(), _Custom()
+    whole = nn.ModuleList([trunk, used, unused])
+    jd = JDOptimizer(torch.optim.AdamW(whole.parameters(), lr=0.1, weight_decay=0.1), model=whole)
+    features = trunk(torch.randn(6, 4, dtype=torch.float64))
+    unused(features)  # called, but not part of the losses
+    jd.step([used(features).pow(2).mean(), features.sum()], features=features)
+    assert jd.last_step.engine == "autogram-mtl"
+    assert unused.weight.grad is None and torch.equal(unused.weight, torch.ones(5).double())
+    assert used.weight.grad is not None
