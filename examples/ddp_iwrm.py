@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -64,6 +65,10 @@ def _worker(rank: int, world: int, port: int, steps: int, batch: int) -> None:
         train(rank, world, steps, batch)
     finally:
         dist.destroy_process_group()
+    # Skip the interpreter's teardown: gloo's threads can abort it now and then ("terminate
+    # called without an active exception"), which would fail a run that succeeded.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:

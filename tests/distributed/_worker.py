@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -30,6 +32,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
             dist.barrier()
     finally:
         dist.destroy_process_group()
+    _exit_quietly()
 
 
 def mismatch_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -48,6 +51,7 @@ def mismatch_worker(rank: int, world: int, port: int, out: str) -> None:
             (Path(out) / f"refused{rank}.txt").write_text(str(error))
     finally:
         dist.destroy_process_group()
+    _exit_quietly()
 
 
 class _Wrapped(nn.parallel.DistributedDataParallel):
@@ -57,3 +61,11 @@ class _Wrapped(nn.parallel.DistributedDataParallel):
     def __init__(self, module: nn.Module) -> None:
         nn.Module.__init__(self)
         self.module = module
+
+
+def _exit_quietly() -> None:
+    """Ends a worker that succeeded without the interpreter's teardown, which gloo's threads
+    can abort now and then ("terminate called without an active exception")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
