@@ -245,7 +245,7 @@ class JDOptimizer(DelegatingOptimizer):
     def _mtl_on_engine(self, shared: list[Tensor]) -> bool:
         """Whether the Gramian engine covers the whole trunk of a multi-task step."""
         engine = self._gramian_engine
-        if engine is None or self._distributed:
+        if engine is None or self._distributed or not shared:
             return False
         if self._covered is None:
             self._covered = {id(p) for p in engine.params}
