@@ -12,16 +12,16 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   in ``w = √diag(G) ⊙ v``) or its dual (``max_{λ≥0} −½λᵀG⁻¹λ + uᵀλ``, ``v = G⁻¹λ``), whichever
   has the better-conditioned reduced systems: the dual when ``G`` is numerically low-rank plus
   a ridge (its free set lies in the large, flat part of ``G⁻¹``), the primal otherwise;
-- FISTA to guess the active set, block principal pivoting to make it exact
-  (:mod:`._dual_cone_box`; up to ``m = SMALL_MAX_SIZE``, :mod:`._dual_cone_small`);
-- mixed precision from ``m = _MIXED_MIN_SIZE`` on, where matrix products dominate (float32
-  ones are about twice as fast on CPU): float32 FISTA (restarted, until its active set settles,
-  up to ``m = _LONG_GUESS_MAX_SIZE``; briefly, then a loose float32 pivoting, beyond) gives the
-  active set; the float64 pivoting that follows starts from it, usually confirms it in one or
-  two steps, and solves its reduced systems by float32 CG corrections of float64 residuals
+- FISTA to guess the active set, block principal pivoting to make it exact;
+- up to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
+  (:mod:`._dual_cone_small`);
+- beyond, mixed precision (float32 products are about twice as fast on CPU): float32 FISTA
+  (restarted, until its active set settles, up to ``m = _LONG_GUESS_MAX_SIZE``; briefly, then
+  a loose float32 pivoting, beyond) gives the active set; the float64 pivoting that follows
+  (:mod:`._dual_cone_box`) starts from it, usually confirms it in one or two steps, and solves
+  its reduced systems by batched Cholesky or by float32 CG corrections of float64 residuals
   (iterative refinement, float64 CG for the rows where it stalls). Every decision that the
-  answer depends on is float64, so a wrong float32 guess only costs time. Smaller problems
-  run in float64 throughout;
+  answer depends on is float64, so a wrong float32 guess only costs time;
 - a final check of the KKT conditions on the original problem, which raises rather than
   return inaccurate weights.
 """
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice
-from ._dual_cone_box import LOOSE_STEPS, BoxQP, accelerated_gradient, block_pivoting
+from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
 from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
 from ._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
 
@@ -42,17 +42,15 @@ SOLVERS = ("native", *REFERENCE_SOLVERS)
 # fraction of m: G is then close to low-rank plus a ridge.
 _DUAL_RANK_FRACTION = 0.4
 # FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
-# problems pivot cheaply. From m = _MIXED_MIN_SIZE on, FISTA runs in float32: up to
+# problems pivot cheaply. Beyond SMALL_MAX_SIZE, FISTA runs in float32: up to
 # _LONG_GUESS_MAX_SIZE restarted until its active set settles (the float64 pivoting then only
 # confirms it), beyond that briefly, followed by a float32 pivoting whose CG drops the rows
 # that have converged (a FISTA step costs a full m³ product). See benchmarks/dual_cone.py.
-_WARM_ITERATIONS = ((12, 10, None), (127, 30, None), (384, 100, 20), (None, 10, None))
+_WARM_ITERATIONS = ((12, 10, None), (SMALL_MAX_SIZE, 30, None), (384, 100, 20), (None, 10, None))
 _LONG_GUESS_MAX_SIZE = 384
 _PIVOTING_TOLERANCE = 1e-8
 # The float32 guess: tolerance, and most pivoting steps (plus m / 4) beyond the long guess.
 _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
-# The float32 guess pays off from this size on, where matrix products dominate.
-_MIXED_MIN_SIZE = 128
 # The relative KKT residual that the native solver guarantees (or raises).
 KKT_TOLERANCE = 1e-7
 
@@ -138,15 +136,15 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     if x is None:
         x = torch.clamp_min(qp.lower, 0)
     m = gramian.shape[0]
-    mixed = m >= _MIXED_MIN_SIZE
-    x, active = _rough_guess(qp, x) if mixed else _guess(qp, x, _PIVOTING_TOLERANCE)
     # Degenerate problems (duplicated objectives) can take a few times m pivoting steps.
-    max_iter, loose_steps = 50 + 10 * m, 0 if mixed else LOOSE_STEPS
+    max_iter = 50 + 10 * m
     if m <= SMALL_MAX_SIZE:
+        x, active = _guess(qp, x, _PIVOTING_TOLERANCE)
         x, product, _ = pivot_small(qp, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter)
     else:
+        x, active = _rough_guess(qp, x)
         x, product, _ = block_pivoting(
-            qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=loose_steps
+            qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=0
         )
     weights = torch.maximum((x if unit is None else product / unit) / root, preferences)
     _check_accuracy(weights, preferences, gramian)

@@ -42,9 +42,9 @@ _BACKUP_CHANCES = 3
 _DIRECT_MAX_SIZE = 48
 # Up to this m, FISTA's step comes from a bound by repeated squaring (see largest_eigenvalue).
 _SQUARING_MAX_SIZE = 256
-# In the first LOOSE_STEPS pivoting steps, CG only reduces the residual by _LOOSE_REDUCTION,
+# In the first _LOOSE_STEPS pivoting steps, CG only reduces the residual by _LOOSE_REDUCTION,
 # in at most _LOOSE_MAX_ITER iterations: the active set is still changing.
-LOOSE_STEPS = 4
+_LOOSE_STEPS = 4
 _LOOSE_REDUCTION = 0.1
 _LOOSE_MAX_ITER = 5
 
@@ -139,7 +139,7 @@ def block_pivoting(
     *,
     tolerance: float,
     max_iter: int,
-    loose_steps: int = LOOSE_STEPS,
+    loose_steps: int = _LOOSE_STEPS,
 ) -> tuple[Tensor, Tensor, bool]:
     """Finds the active set by block principal pivoting, from a guess.
 
