@@ -20,7 +20,8 @@ from .autogram import Engine
 from .autojac._accumulate import accumulate, add_grad, flatten_rows
 from .autojac._backward import compute_jacobian
 from .autojac._graph import reached_leaves
-from .autojac._mtl_backward import check_features, compute_mtl_jacobian, feature_cotangents
+from .autojac._mtl_backward import check_features, compute_mtl_jacobian
+from .autojac._stages import feature_cotangents
 from .distributed._collectives import all_gather_cat, all_reduce_, broadcast_, is_distributed
 
 
