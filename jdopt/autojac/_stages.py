@@ -26,9 +26,9 @@ def two_stage(
     retain_graph: bool,
     chunk_size: int | None,
 ) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]]:
-    """:func:`compute_mtl_jacobian` in two stages: one backward pass through the heads gives
-    each task's gradient at the features, then one batched pass takes all ``k`` rows through
-    the trunk."""
+    """:func:`._mtl_backward.compute_mtl_jacobian` in two stages: one backward pass through the
+    heads gives each task's gradient at the features, then one batched pass takes all ``k``
+    rows through the trunk."""
     captured, head_grads = gradients_at_features(losses, edges, features, heads)
     reached, cotangents = _stacked(captured, features)
     shared_rows = jacobian_rows(
