@@ -105,11 +105,12 @@ class JDOptimizer(DelegatingOptimizer):
         if self._distributed and is_ddp(model):
             take_over_gradient_sync(model)
         self._gramian_engine = None
-        self._covered: set[int] | None = None  # ids of the engine's parameters
+        self._covered: set[int] = set()  # ids of the engine's parameters
         if self.engine == "autogram":
             self._gramian_engine = Engine(
                 *modules_of(model), batch_dim=batch_dim, distributed=self._distributed
             )
+            self._covered = {id(p) for p in self._gramian_engine.params}
         self._init_delegation(optimizer, aggregator)
 
     def close(self) -> None:
@@ -175,18 +176,15 @@ class JDOptimizer(DelegatingOptimizer):
 
     def _backward_autogram(self, losses: Tensor, params: list[Tensor]) -> None:
         engine = self._gramian_engine
-        if self._covered is None:
-            self._covered = {id(p) for p in engine.params}
         # The saved factors give every gradient: the graph can go as soon as it is used.
-        fast = all(id(p) in self._covered for p in params)
+        fast = self._engine_covers(params)
         # Of every process's losses, if distributed.
         generalized = engine.compute_gramian(losses, retain_graph=not fast)
         shape = generalized.shape[: generalized.ndim // 2]
         scale = _scale(self.scaler)
         weights = self._weights(flatten_generalized(generalized) / scale**2, shape, "autogram")
         if weights is None:  # non-finite: let the GradScaler skip this step
-            for param in params:
-                add_grad(param, torch.full_like(param, torch.nan))
+            _poison(params)
             return
         if self._distributed:  # identical weights everywhere, whatever the method's randomness
             broadcast_(weights)
@@ -245,12 +243,13 @@ class JDOptimizer(DelegatingOptimizer):
 
     def _mtl_on_engine(self, shared: list[Tensor]) -> bool:
         """Whether the Gramian engine covers the whole trunk of a multi-task step."""
-        engine = self._gramian_engine
-        if engine is None or self._distributed or not shared:
+        if self._gramian_engine is None or self._distributed or not shared:
             return False
-        if self._covered is None:
-            self._covered = {id(p) for p in engine.params}
-        return all(id(p) in self._covered for p in shared)
+        return self._engine_covers(shared)
+
+    def _engine_covers(self, params: list[Tensor]) -> bool:
+        """Whether the Gramian engine's saved factors give the gradients of all ``params``."""
+        return all(id(p) in self._covered for p in params)
 
     def _backward_mtl_autogram(
         self,
@@ -271,8 +270,7 @@ class JDOptimizer(DelegatingOptimizer):
         scale = _scale(self.scaler)
         weights = self._weights(gramian / scale**2, losses.shape, "autogram-mtl")
         if weights is None:  # non-finite: let the GradScaler skip this step
-            for param in [*shared, *heads]:
-                add_grad(param, torch.full_like(param, torch.nan))
+            _poison([*shared, *heads])
             return True
         engine.accumulate_grads(weights.reshape(-1))
         for param, grad in head_grads:
@@ -323,6 +321,12 @@ class JDOptimizer(DelegatingOptimizer):
             )
         self.last_step = step_info(engine, gramian, None, skipped=True)
         return False
+
+
+def _poison(params: list[Tensor]) -> None:
+    """NaN gradients: the GradScaler then skips the step, as for an overflowing backward."""
+    for param in params:
+        add_grad(param, torch.full_like(param, torch.nan))
 
 
 def _scale(scaler: torch.amp.GradScaler | None) -> float:

@@ -46,8 +46,13 @@ _DUAL_RANK_FRACTION = 0.4
 # _LONG_GUESS_MAX_SIZE restarted until its active set settles (the float64 pivoting then only
 # confirms it), beyond that briefly, followed by a float32 pivoting whose CG drops the rows
 # that have converged (a FISTA step costs a full m³ product). See benchmarks/dual_cone.py.
-_WARM_ITERATIONS = ((12, 10, None), (SMALL_MAX_SIZE, 30, None), (384, 100, 20), (None, 10, None))
 _LONG_GUESS_MAX_SIZE = 384
+_WARM_ITERATIONS = (
+    (12, 10, None),
+    (SMALL_MAX_SIZE, 30, None),
+    (_LONG_GUESS_MAX_SIZE, 100, 20),
+    (None, 10, None),
+)
 _PIVOTING_TOLERANCE = 1e-8
 # The float32 guess: tolerance, and most pivoting steps (plus m / 4) beyond the long guess.
 _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20

@@ -35,17 +35,24 @@ def task_roots(losses: Tensor, tasks: Sequence[Tensor] | None) -> list[Node | No
 
 
 def split_at_features(
-    roots: Sequence[Node | None], features: Sequence[Tensor], shared: Sequence[Tensor]
+    roots: Sequence[Node | None],
+    features: Sequence[Tensor],
+    shared: Sequence[Tensor],
+    trunk: set[Node] | None = None,
 ) -> list[list[_Edge]] | None:
     """The edges through which each task reaches the features, or ``None`` when a graph node
-    is reached by two tasks, or a shared parameter is reached around the features."""
+    is reached by two tasks, or a shared parameter is reached around the features.
+
+    ``trunk``: every node at or below a feature, when the caller has it already.
+    """
     targets = {(f.grad_fn, f.output_nr): j for j, f in enumerate(features)}
     if any(node is None for node, _ in targets):
         return None  # a leaf feature: no node to stop at
     # The trunk: every node at or below a feature (shared parameters' accumulators included).
     # A task that enters it otherwise than through a feature edge mixes with the other tasks
     # there (nested features, a shared parameter used around the features, ...).
-    trunk = _below({node for node, _ in targets})
+    if trunk is None:
+        trunk = _below({node for node, _ in targets})
     shared_ids = {id(p) for p in shared}
     owner: dict[Node, int] = {}
     edges: list[list[_Edge]] = [[] for _ in roots]
@@ -94,10 +101,11 @@ def separable(losses: Tensor, features: Sequence[Tensor], shared: Sequence[Tenso
     nodes = {node for node, _ in targets}
     if len(targets) < len(features) or None in nodes or losses.grad_fn is None:
         return False
-    for node in _below(nodes):  # a feature below another one's node: nested features
+    trunk = _below(nodes)
+    for node in trunk:  # a feature below another one's node: nested features
         if any((child, nr) in targets for child, nr in node.next_functions if child is not None):
             return False
-    return split_at_features([losses.grad_fn], features, shared) is not None
+    return split_at_features([losses.grad_fn], features, shared, trunk) is not None
 
 
 def gradients_at_features(

@@ -9,7 +9,7 @@ from ._accumulate import accumulate, add_grad, flatten_rows
 from ._graph import reached_leaves
 from ._heads import split_at_features, task_roots
 from ._jacobian import identity_rows, jacobian_rows
-from ._stages import NO_FEATURES, shared_blocks, two_stage
+from ._stages import NO_FEATURES, shared_blocks, summed_rows, two_stage
 
 
 def mtl_backward(
@@ -96,10 +96,7 @@ def compute_mtl_jacobian(
     if all(row is None for row in rows[: len(features)]):
         raise ValueError(NO_FEATURES)
     shared_rows = rows[len(features) : len(features) + len(shared)]
-    head_rows = rows[len(features) + len(shared) :]
-    head_grads = [
-        (h, row.sum(dim=0)) for h, row in zip(heads, head_rows, strict=True) if row is not None
-    ]
+    head_grads = summed_rows(heads, rows[len(features) + len(shared) :])
     return *shared_blocks(shared, shared_rows), head_grads
 
 

@@ -72,10 +72,7 @@ def feature_cotangents(
     reached = [f for f, row in zip(features, feature_rows, strict=True) if row is not None]
     if not reached:
         raise ValueError(NO_FEATURES)
-    head_rows = rows[len(features) :]
-    head_grads = [
-        (h, row.sum(dim=0)) for h, row in zip(heads, head_rows, strict=True) if row is not None
-    ]
+    head_grads = summed_rows(heads, rows[len(features) :])
     return reached, [row for row in feature_rows if row is not None], head_grads
 
 
@@ -122,3 +119,10 @@ def shared_blocks(
     if not used:
         raise ValueError("`features` do not depend on any shared parameter.")
     return [row.reshape(row.shape[0], -1) for row in rows if row is not None], used
+
+
+def summed_rows(
+    heads: Sequence[Tensor], rows: Sequence[Tensor | None]
+) -> list[tuple[Tensor, Tensor]]:
+    """Each head parameter reached by the losses with its gradient: the sum of its rows."""
+    return [(h, row.sum(dim=0)) for h, row in zip(heads, rows, strict=True) if row is not None]
