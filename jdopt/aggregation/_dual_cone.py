@@ -11,7 +11,8 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
 - Jacobi scaling (``G`` to unit diagonal), then either the primal problem (a box-constrained QP
   in ``w = √diag(G) ⊙ v``) or its dual (``max_{λ≥0} −½λᵀG⁻¹λ + uᵀλ``, ``v = G⁻¹λ``), whichever
   has the better-conditioned reduced systems: the dual when ``G`` is numerically low-rank plus
-  a ridge (its free set lies in the large, flat part of ``G⁻¹``), the primal otherwise;
+  a ridge (its free set lies in the large, flat part of ``G⁻¹``) unless the ridge is so small
+  that ``G⁻¹`` would be inaccurate, the primal otherwise;
 - FISTA to guess the active set, block principal pivoting to make it exact;
 - up to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
   (:mod:`._dual_cone_small`);
@@ -22,8 +23,11 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   its reduced systems by batched Cholesky or by float32 CG corrections of float64 residuals
   (iterative refinement, float64 CG for the rows where it stalls). Every decision that the
   answer depends on is float64, so a wrong float32 guess only costs time;
+- the rows that pivoting leaves unsolved (on badly conditioned problems rounding can make its
+  swaps undo each other) are finished by the primal active-set method
+  (:mod:`._dual_cone_active`): one coordinate per step, but it does not cycle;
 - a final check of the KKT conditions on the original problem, which raises rather than
-  return inaccurate weights.
+  return inaccurate (or NaN) weights.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice
+from ._dual_cone_active import active_set, unsolved
 from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
 from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
 from ._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
@@ -41,6 +46,9 @@ SOLVERS = ("native", *REFERENCE_SOLVERS)
 # Solve the dual when the participation ratio trace²/‖G‖²_F (Jacobi-scaled) is below this
 # fraction of m: G is then close to low-rank plus a ridge.
 _DUAL_RANK_FRACTION = 0.4
+# ... unless G looks worse conditioned than this: its inverse would then have lost more than
+# half of float64's digits (a tiny ridge), and the primal problem is the accurate one.
+_DUAL_MAX_CONDITION = 1e8
 # FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
 # problems pivot cheaply. Beyond SMALL_MAX_SIZE, FISTA runs in float32: up to
 # _LONG_GUESS_MAX_SIZE restarted until its active set settles (the float64 pivoting then only
@@ -54,6 +62,9 @@ _WARM_ITERATIONS = (
     (None, 10, None),
 )
 _PIVOTING_TOLERANCE = 1e-8
+# Block pivoting steps (plus m / 2) before the rows it has not solved go to the active-set
+# method, which may take this many times m steps (one coordinate per step).
+_PIVOTING_STEPS, _ACTIVE_SET_STEPS = 30, 4
 # The float32 guess: tolerance, and most pivoting steps (plus m / 4) beyond the long guess.
 _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
 # The relative KKT residual that the native solver guarantees (or raises).
@@ -134,23 +145,26 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
         )
     lower = preferences * root  # the bound on w = √diag(G) ⊙ v
     start = None if start is None else start * root
-    if _prefers_dual(scaled):
+    if _prefers_dual(scaled, factor):
         qp, x, unit = _dual(scaled, factor, lower, start)
     else:
         qp, x, unit = BoxQP(scaled, torch.zeros_like(lower), lower), start, None
     if x is None:
         x = torch.clamp_min(qp.lower, 0)
     m = gramian.shape[0]
-    # Degenerate problems (duplicated objectives) can take a few times m pivoting steps.
-    max_iter = 50 + 10 * m
+    max_iter = _PIVOTING_STEPS + m // 2
     if m <= SMALL_MAX_SIZE:
         x, active = _guess(qp, x, _PIVOTING_TOLERANCE)
-        x, product, _ = pivot_small(qp, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter)
+        x, product, converged = pivot_small(
+            qp, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter
+        )
     else:
         x, active = _rough_guess(qp, x)
-        x, product, _ = block_pivoting(
+        x, product, converged = block_pivoting(
             qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=0
         )
+    if not converged:
+        x, product = _finish(qp, x)
     weights = torch.maximum((x if unit is None else product / unit) / root, preferences)
     _check_accuracy(weights, preferences, gramian)
     return weights
@@ -163,6 +177,26 @@ def _guess(qp: BoxQP, x: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
     # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
     x = accelerated_gradient(qp, x, steps, period=period, tolerance=tolerance)
     return x, x <= qp.lower + tolerance * qp.scale()
+
+
+def _finish(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Solves the rows that pivoting left unsolved by the (slower, sure) active-set method.
+
+    Returns ``x`` and ``x @ M``.
+    """
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    product = x @ qp.matrix
+    rows = unsolved(qp, x, product, _PIVOTING_TOLERANCE).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return x, product
+    sub = BoxQP(qp.matrix, qp.linear[rows], qp.lower[rows])
+    start = x[rows]
+    working = start <= sub.lower + _PIVOTING_TOLERANCE * sub.scale()
+    max_iter = _ACTIVE_SET_STEPS * qp.matrix.shape[0]
+    x[rows], product[rows], _ = active_set(
+        sub, start, working, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter
+    )
+    return x, product
 
 
 def _rough_guess(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -207,7 +241,7 @@ def _dual(
 
 def _check_accuracy(weights: Tensor, preferences: Tensor, gramian: Tensor) -> None:
     residual = float(kkt_residual(weights, preferences, gramian).max())
-    if residual > KKT_TOLERANCE:
+    if not residual <= KKT_TOLERANCE:  # NaN too
         raise RuntimeError(
             f"The native dual-cone solver reached a relative KKT residual of {residual:.1e} "
             f"only (the target is {KKT_TOLERANCE:.0e}). Use solver='quadprog' for this "
@@ -215,9 +249,16 @@ def _check_accuracy(weights: Tensor, preferences: Tensor, gramian: Tensor) -> No
         )
 
 
-def _prefers_dual(scaled: Tensor) -> bool:
-    """Whether ``scaled`` (unit diagonal) looks low-rank plus a ridge."""
+def _prefers_dual(scaled: Tensor, factor: Tensor) -> bool:
+    """Whether ``scaled`` (unit diagonal, Cholesky factor ``factor``) looks low-rank plus a
+    ridge, and is conditioned well enough for its inverse to be accurate.
+
+    ``1 / min diag(factor)²`` is a lower bound on the condition number: each squared pivot is
+    at least the smallest eigenvalue, and the largest is at least 1.
+    """
     m = scaled.shape[0]
+    if float(factor.diagonal().amin()) ** -2 > _DUAL_MAX_CONDITION:
+        return False
     return m * m < _DUAL_RANK_FRACTION * m * float(scaled.square().sum())
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ._dual_cone_linear import (
+    most_cg_steps,
     pad_with_identity,
     solve_cg,
     solve_direct,
@@ -39,7 +40,9 @@ from ._dual_cone_linear import (
 # A row may swap its whole set of broken coordinates this many times without progress.
 _BACKUP_CHANCES = 3
 # Reduced systems up to this size are solved by batched Cholesky, larger ones by CG.
-_DIRECT_MAX_SIZE = 48
+_DIRECT_MAX_SIZE = 64
+# ... and only up to this m: larger problems rarely have such small free sets.
+_PADDED_MAX_SIZE = 192
 # Up to this m, FISTA's step comes from a bound by repeated squaring (see largest_eigenvalue).
 _SQUARING_MAX_SIZE = 256
 # In the first _LOOSE_STEPS pivoting steps, CG only reduces the residual by _LOOSE_REDUCTION,
@@ -169,7 +172,7 @@ def block_pivoting(
     exact = torch.zeros(k, dtype=torch.bool, device=x.device)  # x solves its reduced system
     best = torch.full((k,), m + 1, device=x.device)
     chances = torch.full((k,), _BACKUP_CHANCES, device=x.device)
-    padded = pad_with_identity(matrix) if m <= 4 * _DIRECT_MAX_SIZE else None
+    padded = pad_with_identity(matrix) if m <= _PADDED_MAX_SIZE else None
     changed, tight = torch.ones_like(exact), False
     for step in range(max_iter):
         tight = tight or step >= loose_steps
@@ -245,6 +248,13 @@ def _solve_reduced(
         # CG's residual is measured in the 2-norm, the slack coordinate-wise.
         tolerance = 0.3 * (slack if every else slack[rows])
         sub_x, exact = _solve_iterative(qp.matrix, sub_x, sub_linear, sub_free, tolerance, tight)
+        stalled = (~exact).nonzero().squeeze(1) if tight else exact[:0].nonzero().squeeze(1)
+        if stalled.numel() > 0:  # badly conditioned: solve those rows exactly
+            padded = pad_with_identity(qp.matrix) if padded is None else padded
+            sub_x[stalled] = solve_direct(
+                padded, sub_free[stalled], sub_linear[stalled], sub_x[stalled]
+            )
+            exact[stalled] = True
     if every:
         if sub_x is not x:
             x.copy_(sub_x)
@@ -264,4 +274,4 @@ def _solve_iterative(
         return x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if matrix.dtype == torch.float64:
         return solve_refined(matrix, x, target, free, tolerance)
-    return solve_cg(matrix, x, target, free, tolerance, 10 * x.shape[1])
+    return solve_cg(matrix, x, target, free, tolerance, most_cg_steps(x.shape[1]))

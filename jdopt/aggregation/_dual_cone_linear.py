@@ -26,6 +26,14 @@ NOT_DEFINITE = (
 
 # Iterative refinement: rounds, and the residual reduction of float32 CG in each.
 _REFINEMENTS, _ROUGH_REDUCTION = 6, 1e-3
+# A round that does not reduce the float64 residual by this factor ends the refinement.
+_STALLED = 0.1
+
+
+def most_cg_steps(m: int) -> int:
+    """The most CG iterations of a tight solve of size ``m``; rows that need more are badly
+    conditioned, and solved directly instead."""
+    return 50 + 2 * m
 
 
 def rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -147,7 +155,9 @@ def solve_cg(
         squared = new_squared
     if work is not x:
         x[rows] = work
-    return x, converged
+    # A matrix that is not positive definite in this precision gives a non-positive
+    # curvature, clamped to `tiny`: the step overflows and the row ends non-finite.
+    return x, converged & torch.isfinite(x).all(dim=1)
 
 
 def solve_refined(
@@ -156,26 +166,33 @@ def solve_refined(
     """:func:`solve_cg` on a float64 ``matrix`` to ``tolerance``, by float32 CG corrections.
 
     Each round computes the float64 residual, on which float32 CG gains ``_ROUGH_REDUCTION``
-    (float32 cannot do much better). Rows that stall are finished by float64 :func:`solve_cg`.
-    Returns ``(x, converged)`` like :func:`solve_cg`.
+    (float32 cannot do much better). Rows that stall, or that float32 cannot solve at all, are
+    finished by float64 :func:`solve_cg`. Returns ``(x, converged)`` like :func:`solve_cg`.
     """
     mask, rough = free.to(matrix.dtype), matrix.float()
+    previous = None
     for _ in range(_REFINEMENTS):
         residual = (target - x @ matrix).mul_(mask)
-        converged = residual.norm(dim=1, keepdim=True) <= tolerance
+        norm = residual.norm(dim=1, keepdim=True)
+        converged = norm <= tolerance
         if bool(converged.all()):
             break
+        if previous is not None and not bool((converged | (norm <= _STALLED * previous)).all()):
+            break  # float32 no longer helps: the matrix is badly conditioned
+        previous = norm
         correction = torch.zeros_like(residual, dtype=rough.dtype)
-        correction, _ = solve_cg(
+        correction, solved = solve_cg(
             rough,
             correction,
             residual.to(rough.dtype),
             free,
             tolerance.to(rough.dtype),
-            10 * x.shape[1],
+            most_cg_steps(x.shape[1]),
             _ROUGH_REDUCTION,
         )
-        x = x + correction.to(x.dtype)
+        x = x + torch.where(solved.unsqueeze(1), correction.to(x.dtype), 0)
+        if not bool(solved.all()):  # badly conditioned for float32
+            break
     if bool(converged.all()):
         return x, converged.squeeze(1)
-    return solve_cg(matrix, x, target, free, tolerance, 10 * x.shape[1])
+    return solve_cg(matrix, x, target, free, tolerance, most_cg_steps(x.shape[1]))

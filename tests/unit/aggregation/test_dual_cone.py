@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from jdopt._linalg import normalize, regularize
-from jdopt.aggregation import _dual_cone, _dual_cone_linear
+from jdopt.aggregation import _dual_cone, _dual_cone_box, _dual_cone_linear
 from jdopt.aggregation._dual_cone import SOLVERS, project_weights
 from jdopt.aggregation._dual_cone_box import BoxQP, accelerated_gradient, largest_eigenvalue
-from jdopt.aggregation._dual_cone_linear import pad_with_identity, solve_direct
+from jdopt.aggregation._dual_cone_linear import pad_with_identity, solve_cg, solve_direct
 from jdopt.aggregation._dual_cone_small import solve_masked
 
 F64 = torch.float64
@@ -237,17 +237,42 @@ def test_unknown_solver() -> None:
         project_weights(torch.eye(2), torch.eye(2), solver="cvxpy")
 
 
+def _gives_up(qp, *_, **__):
+    x = qp.lower.clamp_min(0)
+    return x, x @ qp.matrix, False
+
+
+@pytest.mark.parametrize(("pivoting", "m"), [("block_pivoting", 40), ("pivot_small", 6)])
+def test_the_active_set_method_finishes_what_pivoting_leaves(
+    pivoting: str, m: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gramian, preferences = make(conflicting, m, 0), upgrad_preferences(m)
+    reference = project_weights(preferences, gramian, solver="quadprog")
+    monkeypatch.setattr(_dual_cone, pivoting, _gives_up)
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, reference)
+
+
 @pytest.mark.parametrize(("pivoting", "m"), [("block_pivoting", 40), ("pivot_small", 6)])
 def test_raises_instead_of_returning_inaccurate_weights(
     pivoting: str, m: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def gives_up(qp, *_, **__):
-        x = qp.lower.clamp_min(0)
-        return x, x @ qp.matrix, False
-
-    monkeypatch.setattr(_dual_cone, pivoting, gives_up)
+    monkeypatch.setattr(_dual_cone, pivoting, _gives_up)
+    monkeypatch.setattr(_dual_cone, "active_set", lambda qp, x, *_, **__: (x, x @ qp.matrix, None))
     gramian, preferences = make(conflicting, m, 0), upgrad_preferences(m)
     with pytest.raises(RuntimeError, match=r"KKT residual of .* only"):
+        project_weights(preferences, gramian)
+
+
+def test_nan_weights_are_never_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a NaN KKT residual once passed the accuracy check."""
+    monkeypatch.setattr(_dual_cone, "pivot_small", _gives_up)
+    monkeypatch.setattr(
+        _dual_cone, "active_set", lambda qp, x, *_, **__: (x * torch.nan, x * torch.nan, None)
+    )
+    gramian, preferences = make(conflicting, 6, 0), upgrad_preferences(6)
+    with pytest.raises(RuntimeError, match=r"KKT residual of nan only"):
         project_weights(preferences, gramian)
 
 
@@ -357,3 +382,54 @@ def test_degenerate_problems_get_enough_pivoting_steps(m: int, seed: int) -> Non
     assert_kkt(weights, preferences, gramian)
     reference = project_weights(preferences, gramian, solver="quadprog")
     assert torch.allclose(weights, reference, atol=1e-6 * float(reference.abs().max()))
+
+
+def _found_low_rank() -> Tensor:
+    """A rank-20 Jacobian ``[64, 200]`` on which the solver once failed with a small ridge: it
+    raised at 1e-8 and returned NaN at 1e-10 and 1e-12 (pivoting cycled on rounding)."""
+    g = torch.Generator().manual_seed(0)
+    _randn(g, 10, 3), _randn(g, 3, 200)  # the draws made before it when it was found
+    return _randn(g, 64, 20) @ _randn(g, 20, 200)
+
+
+@pytest.mark.parametrize("ridge", [1e-8, 1e-10, 1e-12])
+def test_badly_conditioned_gramians_are_solved(ridge: float) -> None:
+    jacobian = _found_low_rank()
+    gramian = regularize(normalize(jacobian @ jacobian.T, 1e-4), ridge)
+    preferences = upgrad_preferences(64)
+    weights = project_weights(preferences, gramian)
+    assert torch.isfinite(weights).all()
+    assert_kkt(weights, preferences, gramian)
+    if ridge >= 1e-8:  # beyond, the weights are ill-determined: only the KKT conditions hold
+        assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+@pytest.mark.parametrize(("m", "rank", "seed"), [(10, 3, 2), (40, 12, 0), (64, 20, 3)])
+def test_tiny_ridges_on_low_rank_jacobians(m: int, rank: int, seed: int) -> None:
+    """(10, 3, 2) once raised: the dual's inverse was inaccurate at condition number ~1e12."""
+    g = torch.Generator().manual_seed(seed)
+    jacobian = _randn(g, m, rank) @ _randn(g, rank, N)
+    gramian = regularize(normalize(jacobian @ jacobian.T, 1e-4), 1e-12)
+    preferences = upgrad_preferences(m)
+    assert_kkt(project_weights(preferences, gramian), preferences, gramian)
+
+
+def test_cg_reports_a_matrix_that_is_not_positive_definite() -> None:
+    """Regression: the overflowing step of a negative curvature ended as NaN, counted converged."""
+    matrix = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=F64)  # eigenvalues 3 and -1
+    x, target = torch.zeros(1, 2, dtype=F64), torch.tensor([[1.0, -1.0]], dtype=F64)
+    free, tolerance = torch.ones(1, 2, dtype=torch.bool), torch.full((1, 1), 1e-12, dtype=F64)
+    _, converged = solve_cg(matrix, x, target, free, tolerance, 20)
+    assert not converged.any()
+
+
+def test_rows_that_cg_cannot_solve_are_solved_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never_converges(matrix, x, target, free, tolerance, tight):
+        return x, torch.zeros(x.shape[0], dtype=torch.bool)
+
+    gramian, preferences = make(rand, 200, 0), upgrad_preferences(200)
+    expected = project_weights(preferences, gramian)
+    monkeypatch.setattr(_dual_cone_box, "_solve_iterative", never_converges)
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, expected, 1e-6)
