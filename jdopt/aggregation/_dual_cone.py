@@ -12,7 +12,8 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   in ``w = √diag(G) ⊙ v``) or its dual (``max_{λ≥0} −½λᵀG⁻¹λ + uᵀλ``, ``v = G⁻¹λ``), whichever
   has the better-conditioned reduced systems: the dual when ``G`` is numerically low-rank plus
   a ridge (its free set lies in the large, flat part of ``G⁻¹``) unless the ridge is so small
-  that ``G⁻¹`` would be inaccurate, the primal otherwise;
+  that ``G⁻¹`` would be inaccurate, the primal otherwise (and after all, when the dual's
+  answer fails the final check);
 - FISTA to guess the active set, block principal pivoting to make it exact;
 - up to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
   (:mod:`._dual_cone_small`);
@@ -147,27 +148,36 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     start = None if start is None else start * root
     if _prefers_dual(scaled, factor):
         qp, x, unit = _dual(scaled, factor, lower, start)
-    else:
-        qp, x, unit = BoxQP(scaled, torch.zeros_like(lower), lower), start, None
-    if x is None:
-        x = torch.clamp_min(qp.lower, 0)
-    m = gramian.shape[0]
+        weights = torch.maximum(_pivot(qp, x) @ qp.matrix / unit / root, preferences)
+        if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
+            return weights
+        # G⁻¹ was not accurate enough (badly conditioned G): solve the primal problem instead.
+    qp = BoxQP(scaled, torch.zeros_like(lower), lower)
+    weights = torch.maximum(_pivot(qp, start) / root, preferences)
+    residual = _residual(weights, preferences, gramian)
+    if not residual <= KKT_TOLERANCE:  # NaN too
+        raise RuntimeError(
+            f"The native dual-cone solver reached a relative KKT residual of {residual:.1e} "
+            f"only (the target is {KKT_TOLERANCE:.0e}). Use solver='quadprog' for this "
+            "Gramian, and please report it with the Gramian attached."
+        )
+    return weights
+
+
+def _pivot(qp: BoxQP, x: Tensor | None) -> Tensor:
+    """Solves ``qp`` from the start ``x`` (or a cold start): guess, pivoting, sure finish."""
+    x = torch.clamp_min(qp.lower, 0) if x is None else x
+    m = qp.matrix.shape[0]
     max_iter = _PIVOTING_STEPS + m // 2
     if m <= SMALL_MAX_SIZE:
         x, active = _guess(qp, x, _PIVOTING_TOLERANCE)
-        x, product, converged = pivot_small(
-            qp, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter
-        )
+        x, _, converged = pivot_small(qp, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter)
     else:
         x, active = _rough_guess(qp, x)
-        x, product, converged = block_pivoting(
+        x, _, converged = block_pivoting(
             qp, x, active, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=0
         )
-    if not converged:
-        x, product = _finish(qp, x)
-    weights = torch.maximum((x if unit is None else product / unit) / root, preferences)
-    _check_accuracy(weights, preferences, gramian)
-    return weights
+    return x if converged else _finish(qp, x)
 
 
 def _guess(qp: BoxQP, x: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
@@ -179,24 +189,20 @@ def _guess(qp: BoxQP, x: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
     return x, x <= qp.lower + tolerance * qp.scale()
 
 
-def _finish(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Solves the rows that pivoting left unsolved by the (slower, sure) active-set method.
-
-    Returns ``x`` and ``x @ M``.
-    """
+def _finish(qp: BoxQP, x: Tensor) -> Tensor:
+    """Solves the rows that pivoting left unsolved by the (slower, sure) active-set method."""
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    product = x @ qp.matrix
-    rows = unsolved(qp, x, product, _PIVOTING_TOLERANCE).nonzero().squeeze(1)
+    rows = unsolved(qp, x, x @ qp.matrix, _PIVOTING_TOLERANCE).nonzero().squeeze(1)
     if rows.numel() == 0:
-        return x, product
+        return x
     sub = BoxQP(qp.matrix, qp.linear[rows], qp.lower[rows])
     start = x[rows]
     working = start <= sub.lower + _PIVOTING_TOLERANCE * sub.scale()
     max_iter = _ACTIVE_SET_STEPS * qp.matrix.shape[0]
-    x[rows], product[rows], _ = active_set(
+    x[rows], _, _ = active_set(
         sub, start, working, tolerance=_PIVOTING_TOLERANCE, max_iter=max_iter
     )
-    return x, product
+    return x
 
 
 def _rough_guess(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -239,14 +245,8 @@ def _dual(
     return qp, (start @ scaled).clamp_min(0) / unit * on_bound, unit
 
 
-def _check_accuracy(weights: Tensor, preferences: Tensor, gramian: Tensor) -> None:
-    residual = float(kkt_residual(weights, preferences, gramian).max())
-    if not residual <= KKT_TOLERANCE:  # NaN too
-        raise RuntimeError(
-            f"The native dual-cone solver reached a relative KKT residual of {residual:.1e} "
-            f"only (the target is {KKT_TOLERANCE:.0e}). Use solver='quadprog' for this "
-            "Gramian, and please report it with the Gramian attached."
-        )
+def _residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> float:
+    return float(kkt_residual(weights, preferences, gramian).max())
 
 
 def _prefers_dual(scaled: Tensor, factor: Tensor) -> bool:

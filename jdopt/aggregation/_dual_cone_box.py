@@ -9,8 +9,9 @@ conditions: ``x ≥ ℓ``, ``g = Mx − b ≥ 0``, ``(x − ℓ) ⊙ g = 0``.
 2. :func:`block_pivoting` (primal-dual active set, with the safeguards of block principal
    pivoting) fixes the guess: it solves ``x_A = ℓ_A, g_F = 0`` for the current active set ``A``
    and free set ``F``, swaps the coordinates that break ``x ≥ ℓ`` or ``g ≥ 0``, and repeats.
-   When a row's number of broken coordinates stops decreasing it falls back to swapping only
-   the last one (Murty's rule), which terminates for any positive definite ``M``. The reduced
+   A row whose number of broken coordinates stops decreasing is left alone (``stuck``):
+   whole swaps can cycle, and the caller finishes such rows by the primal active-set method
+   (:mod:`._dual_cone_active`), which cannot. The reduced
    systems ``M_FF x_F = (b − M_FA ℓ_A)_F`` are solved by a padded batched Cholesky when every
    ``|F| ≤ _DIRECT_MAX_SIZE``, by batched CG otherwise (:mod:`._dual_cone_linear`). All of it
    runs in the problem's dtype, except tight float64 CG solves: float32 CG corrections of
@@ -149,7 +150,8 @@ def block_pivoting(
     Each step solves the reduced systems of the rows whose active set changed, then swaps the
     coordinates that break ``x ≥ ℓ`` (free ones) or ``g ≥ 0`` (active ones). CG solves are
     loose for the first few steps; rows solved loosely are solved again tightly before the
-    end, and only exact solves count towards the safeguard.
+    end, and only exact solves count towards the safeguard. Rows that stop making progress
+    (see :func:`swaps`) are left as they are and make the result unconverged.
 
     Args:
         qp: the problems.
@@ -160,7 +162,8 @@ def block_pivoting(
         loose_steps: how many first steps may use loose CG solves (0 from a good guess).
 
     Returns:
-        ``(x, x @ M, converged)``, with ``x ≥ ℓ``.
+        ``(x, x @ M, converged)``, with ``x ≥ ℓ``; ``x @ M`` is stale in the rows left
+        unsolved.
     """
     matrix, linear, lower = qp.matrix, qp.linear, qp.lower
     k, m = x.shape
@@ -172,22 +175,24 @@ def block_pivoting(
     exact = torch.zeros(k, dtype=torch.bool, device=x.device)  # x solves its reduced system
     best = torch.full((k,), m + 1, device=x.device)
     chances = torch.full((k,), _BACKUP_CHANCES, device=x.device)
+    stuck = torch.zeros_like(exact)
     padded = pad_with_identity(matrix) if m <= _PADDED_MAX_SIZE else None
     changed, tight = torch.ones_like(exact), False
     for step in range(max_iter):
         tight = tight or step >= loose_steps
         # Loose solves only for the rows whose active set changed; tight ones for every row
         # not solved exactly yet.
-        rows = (changed | ~exact if tight else changed).nonzero().squeeze(1)
+        rows = ((changed | ~exact) & ~stuck if tight else changed).nonzero().squeeze(1)
         exact[rows] = _solve_reduced(qp, padded, x, product, ~active, rows, tight, slack)
         broken = (active & (product < floor)) | (~active & (x < shifted))
+        broken &= ~stuck.unsqueeze(1)
         count = broken.sum(dim=1)
         if not bool(count.any()):
-            if bool(exact.all()):
-                return torch.maximum(x, lower), product, True
+            if bool((exact | stuck).all()):
+                return torch.maximum(x, lower), product, not bool(stuck.any())
             changed, tight = torch.zeros_like(exact), True
             continue
-        swap, best, chances = swaps(broken, count, exact, best, chances)
+        swap, best, chances, stuck = swaps(broken, count, exact, best, chances, stuck)
         active ^= swap
         changed = swap.any(dim=1)
         exact &= ~changed
@@ -196,29 +201,22 @@ def block_pivoting(
 
 
 def swaps(
-    broken: Tensor, count: Tensor, exact: Tensor, best: Tensor, chances: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+    broken: Tensor, count: Tensor, exact: Tensor, best: Tensor, chances: Tensor, stuck: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The rule of block principal pivoting: which coordinates change sides.
 
     A row swaps all its ``broken`` coordinates while their ``count`` keeps reaching new lows
-    (``best``) or while its solve is inexact; after ``_BACKUP_CHANCES`` swaps without progress
-    it swaps only the last one (Murty's rule, which cannot cycle). Returns the swaps ``[k, m]``
-    and the updated ``best`` and ``chances`` ``[k]``.
+    (``best``) or while its solve is inexact. After ``_BACKUP_CHANCES`` swaps without progress
+    it is ``stuck``: whole swaps may cycle there, so it swaps nothing more, and the caller
+    finishes it by a method that cannot cycle. Returns the swaps ``[k, m]`` and the updated
+    ``best``, ``chances`` and ``stuck`` ``[k]``.
     """
     fewer = count < best
     improved = fewer | ~exact
     best = torch.where(fewer & exact, count, best)
     chances = torch.where(improved, _BACKUP_CHANCES, chances - 1)
-    whole = improved | (chances >= 0)
-    return (broken if bool(whole.all()) else _murty(broken, whole)), best, chances
-
-
-def _murty(broken: Tensor, whole: Tensor) -> Tensor:
-    """Keeps all of ``broken [k, m]`` in the rows where ``whole [k]``, only the last elsewhere."""
-    positions = torch.arange(1, broken.shape[1] + 1, device=broken.device)
-    last = (broken * positions).argmax(dim=1, keepdim=True)
-    single = torch.zeros_like(broken).scatter_(1, last, True) & broken
-    return torch.where(whole.unsqueeze(1), broken, single)
+    stuck = stuck | (chances < 0)
+    return broken & ~stuck.unsqueeze(1), best, chances, stuck
 
 
 def _solve_reduced(

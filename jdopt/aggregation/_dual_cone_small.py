@@ -31,15 +31,16 @@ def pivot_small(
     exact = torch.ones(k, dtype=torch.bool, device=matrix.device)
     best = torch.full((k,), m + 1, device=matrix.device)
     chances = torch.zeros_like(best).fill_(3)
+    stuck = torch.zeros_like(exact)
     identity = torch.eye(m, dtype=matrix.dtype, device=matrix.device)
     for _ in range(max_iter):
         x = solve_masked(matrix, identity, ~active, linear, lower)
         product = x @ matrix
-        broken = torch.where(active, product < floor, x < shifted)
+        broken = torch.where(active, product < floor, x < shifted) & ~stuck.unsqueeze(1)
         count = broken.sum(dim=1)
         if not bool(count.any()):
-            return torch.maximum(x, lower), product, True
-        swap, best, chances = swaps(broken, count, exact, best, chances)
+            return torch.maximum(x, lower), product, not bool(stuck.any())
+        swap, best, chances, stuck = swaps(broken, count, exact, best, chances, stuck)
         active = active ^ swap
     return torch.maximum(x, lower), product, False
 

@@ -15,7 +15,12 @@ from torch import Tensor
 from jdopt._linalg import normalize, regularize
 from jdopt.aggregation import _dual_cone, _dual_cone_box, _dual_cone_linear
 from jdopt.aggregation._dual_cone import SOLVERS, project_weights
-from jdopt.aggregation._dual_cone_box import BoxQP, accelerated_gradient, largest_eigenvalue
+from jdopt.aggregation._dual_cone_box import (
+    BoxQP,
+    accelerated_gradient,
+    largest_eigenvalue,
+    swaps,
+)
 from jdopt.aggregation._dual_cone_linear import pad_with_identity, solve_cg, solve_direct
 from jdopt.aggregation._dual_cone_small import solve_masked
 
@@ -433,3 +438,39 @@ def test_rows_that_cg_cannot_solve_are_solved_directly(monkeypatch: pytest.Monke
     weights = project_weights(preferences, gramian)
     assert_kkt(weights, preferences, gramian)
     assert_close_to(weights, expected, 1e-6)
+
+
+def test_nearly_parallel_rows_with_a_small_ridge() -> None:
+    """Regression: the condition number looked small enough for the dual (its bound from the
+    Cholesky pivots is m times too low here), whose inaccurate answer then raised; the primal
+    is now solved when the dual's answer fails the check."""
+    g = torch.Generator().manual_seed(0)
+    jacobian = _randn(g, 1, 34) + 1e-6 * _randn(g, 17, 34)
+    gramian = regularize(normalize(jacobian @ jacobian.T, 1e-4), 1e-8)
+    preferences = torch.full((1, 17), 1 / 17, dtype=F64)  # DualProj's; here v* = u
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+def test_opposite_duplicated_rows_with_a_small_ridge() -> None:
+    """Regression: half the rows d, half -d, an eighth replaced by random rows (UPGrad raised)."""
+    g = torch.Generator().manual_seed(0)
+    direction = _randn(g, 1, 200)
+    jacobian = torch.cat([direction.expand(50, 200), -direction.expand(50, 200)]).clone()
+    jacobian[:12] = _randn(g, 12, 200)
+    gramian = regularize(normalize(jacobian @ jacobian.T, 1e-4), 1e-8)
+    preferences = upgrad_preferences(100)
+    assert_kkt(project_weights(preferences, gramian), preferences, gramian)
+
+
+def test_a_row_that_stops_improving_is_left_to_the_sure_finish() -> None:
+    broken = torch.tensor([[True, True, False], [True, False, False]])
+    count, exact = broken.sum(dim=1), torch.tensor([True, True])
+    best, chances = torch.tensor([1, 2]), torch.tensor([0, 0])  # row 0: no new low, no chance
+    swap, best, chances, stuck = swaps(
+        broken, count, exact, best, chances, torch.zeros(2, dtype=torch.bool)
+    )
+    assert stuck.tolist() == [True, False]
+    assert swap.tolist() == [[False, False, False], [True, False, False]]
+    assert best.tolist() == [1, 1]
