@@ -98,7 +98,10 @@ class Engine:
             self._rules.append(rule)
             self._uses[id(rule)] = []
             hook = make_hook(self._uses[id(rule)])
-            self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            # First among the module's forward hooks: it must see the module's own output,
+            # before a user's hook replaces it.
+            handle = module.register_forward_hook(hook, with_kwargs=True, prepend=True)
+            self._handles.append(handle)
         self._owners: dict[int, list[tuple[Rule, str]]] = {}
         for rule in self._rules:
             for name in rule.names:

@@ -35,9 +35,19 @@ def register_rule(module_type: type[nn.Module], factory: Factory) -> None:
     REGISTRY[module_type] = factory
 
 
+# The built-in closed forms compute with the module's `weight` and `bias` attributes. Other
+# direct parameters (old-style weight_norm's weight_g/weight_v, pruning's weight_orig, an extra
+# parameter used by a hook) mean that the forward pass computes with something else.
+_WEIGHT_AND_BIAS = {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, *norm_rules()}
+
+
 def make_rule(module: nn.Module, names: Sequence[str]) -> Rule:
     # Exact types only: a subclass may override forward, and then only the fallback is exact.
-    factory = REGISTRY.get(type(module))
+    kind = type(module)
+    direct = {name for name, param in module._parameters.items() if param is not None}
+    if kind in _WEIGHT_AND_BIAS and not direct <= {"weight", "bias"}:
+        return FallbackRule(module, names)
+    factory = REGISTRY.get(kind)
     rule = None if factory is None else factory(module, names)
     return rule if rule is not None else FallbackRule(module, names)
 

@@ -31,6 +31,11 @@ class ConvRule(Rule):
         )
         self.unfold = m.in_channels // m.groups < 8
 
+    def exact_for(self, uses: Sequence[Use]) -> bool:
+        # Unbatched inputs ([C, *spatial], legal in PyTorch) have no batch dimension to use.
+        spatial = 2 if self.two_d else 1
+        return all(use.args[0].ndim == spatial + 2 for use in uses)
+
     def _prepared(self, use: Use, layout: Layout) -> tuple[Tensor, tuple[int, int], Tensor]:
         """The padded input ``[B·N, C, H, W]``, the padding left to apply, and the output
         gradients ``[S, B, N, O, H', W']``."""

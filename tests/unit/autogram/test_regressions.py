@@ -275,3 +275,45 @@ def test_accumulate_grads_with_weights_of_the_wrong_shape(shape: tuple[int, ...]
     with pytest.raises(ValueError, match="weights"):
         engine.accumulate_grads(torch.ones(shape, dtype=_F64))
     assert all(p.grad is None for p in linear.parameters())
+
+
+# --------------------------------------------------- found by a stress run (session 3)
+@pytest.mark.parametrize("conv", [False, True])
+def test_a_layer_with_parameters_other_than_weight_and_bias(conv: bool) -> None:
+    """Old-style weight_norm keeps the module type with parameters weight_g and weight_v: the
+    Linear formula gave a Gramian 2-10% off, the Conv rule a KeyError. Such modules now go to
+    the exact fallback."""
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # weight_norm is deprecated in favour of parametrize
+        layer = nn.utils.weight_norm(nn.Conv1d(2, 3, 3) if conv else nn.Linear(3, 4))
+    model = nn.Sequential(layer, nn.Flatten(), nn.Tanh(), nn.LazyLinear(1)).to(_F64)
+    x = _randn(_B, 2, 6) if conv else _randn(_B, 3)
+    model(x)  # materialises the lazy layer
+    engine = Engine(model, batch_dim=0)
+    losses = model(x).squeeze(1) ** 2
+    _assert_exact(engine, losses, list(model.parameters()))
+
+
+def test_a_user_forward_hook_that_replaces_the_output() -> None:
+    """A hook registered before the engine's made the engine record the replaced output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).to(_F64)
+    model[0].register_forward_hook(lambda module, args, output: 2.0 * output)
+    engine = Engine(model, batch_dim=0)
+    losses = model(_randn(_B, 3)).squeeze(1) ** 2
+    _assert_exact(engine, losses, list(model.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("conv", "shape"), [(nn.Conv1d(2, 3, 3), (2, 6)), (nn.Conv2d(2, 3, 3), (2, 5, 5))]
+)
+def test_unbatched_convolution_inputs(conv: nn.Module, shape: tuple[int, ...]) -> None:
+    """[C, *spatial] inputs (legal in PyTorch) crashed the Conv rule; they use the fallback."""
+    conv = conv.to(_F64)
+    engine = Engine(conv, batch_dim=None)
+    output = conv(_randn(*shape))
+    losses = torch.stack([output.sin().sum(), (output**2).mean()])
+    _assert_exact(engine, losses, list(conv.parameters()))
