@@ -104,14 +104,42 @@ class JDOptimizer(DelegatingOptimizer):
         self._distributed = is_distributed() and (model is None or is_ddp(model))
         if self._distributed and is_ddp(model):
             take_over_gradient_sync(model)
-        self._gramian_engine = None
+        self._gramian_engine: Engine | None = None
         self._covered: set[int] = set()  # ids of the engine's parameters
-        if self.engine == "autogram":
-            self._gramian_engine = Engine(
-                *modules_of(model), batch_dim=batch_dim, distributed=self._distributed
-            )
-            self._covered = {id(p) for p in self._gramian_engine.params}
         self._init_delegation(optimizer, aggregator)
+        if self.engine == "autogram":
+            self._build_engine()
+
+    def _build_engine(self) -> None:
+        engine = Engine(
+            *modules_of(self.model), batch_dim=self.batch_dim, distributed=self._distributed
+        )
+        held = {id(p) for group in self.param_groups for p in group["params"]}
+        outside = [p for p in engine.params if id(p) not in held]
+        if outside:
+            engine.close()
+            names = {id(p): n for n, p in _named_parameters(self.model)}
+            example = names.get(id(outside[0]), f"one of shape {tuple(outside[0].shape)}")
+            raise ValueError(
+                f"`model` has {len(outside)} trainable parameter(s) that the optimizer does not "
+                f"hold (e.g. {example!r}): the Gramian would include their gradients. Freeze "
+                "them (requires_grad_(False)), add them to the optimizer, or give `model` only "
+                "the modules whose parameters the optimizer trains."
+            )
+        self._gramian_engine = engine
+        self._covered = {id(p) for p in engine.params}
+
+    def _engine_is_current(self) -> bool:
+        """Whether the Gramian engine still matches the model's trainable parameters; if not
+        (a parameter was frozen or unfrozen), it is rebuilt for the next steps and ``False``
+        tells this step to use the autojac engine, as the forward pass ran with the old hooks."""
+        engine = self._gramian_engine
+        if engine is None or not engine.trainable_changed():
+            return True
+        engine.close()
+        self._gramian_engine = None
+        self._build_engine()
+        return False
 
     def close(self) -> None:
         """Removes the Gramian engine's hooks from the model and gives a DDP model its own
@@ -166,7 +194,7 @@ class JDOptimizer(DelegatingOptimizer):
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         if features is not None:
             self._backward_mtl(losses, check_features(features), params, tasks)
-        elif self._gramian_engine is not None:
+        elif self._gramian_engine is not None and self._engine_is_current():
             self._backward_autogram(losses, params)
         elif self._distributed:
             self._backward_autojac_distributed(losses, params)
@@ -245,7 +273,7 @@ class JDOptimizer(DelegatingOptimizer):
         """Whether the Gramian engine covers the whole trunk of a multi-task step."""
         if self._gramian_engine is None or self._distributed or not shared:
             return False
-        return self._engine_covers(shared)
+        return self._engine_is_current() and self._engine_covers(shared)
 
     def _engine_covers(self, params: list[Tensor]) -> bool:
         """Whether the Gramian engine's saved factors give the gradients of all ``params``."""
@@ -333,3 +361,8 @@ def _scale(scaler: torch.amp.GradScaler | None) -> float:
     if scaler is None or not scaler.is_enabled():
         return 1.0
     return float(scaler.get_scale())
+
+
+def _named_parameters(model: nn.Module | Sequence[nn.Module]) -> list[tuple[str, Tensor]]:
+    modules = [model] if isinstance(model, nn.Module) else list(model)
+    return [(n, p) for m in modules for n, p in m.named_parameters()]

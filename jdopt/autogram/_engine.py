@@ -107,6 +107,7 @@ class Engine:
             for name in rule.names:
                 self._owners.setdefault(id(rule.param(name)), []).append((rule, name))
         self._params = [owners[0][0].param(owners[0][1]) for owners in self._owners.values()]
+        self._trainable = {id(param) for param in self._params}
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -138,6 +139,17 @@ class Engine:
     def params(self) -> list[nn.Parameter]:
         """The trainable parameters the Gramian is taken over."""
         return list(self._params)
+
+    def trainable_changed(self) -> bool:
+        """Whether a parameter of the hooked modules was frozen or unfrozen (``requires_grad``)
+        since the engine was built: it then refuses to compute Gramians, and a new engine is
+        needed."""
+        now = {
+            id(module.get_parameter(name))
+            for module, names in parameter_owners(self.modules)
+            for name in names
+        }
+        return now != self._trainable
 
     # ------------------------------------------------------------------ the Gramian
     def compute_gramian(self, losses: Tensor, *, retain_graph: bool = True) -> Tensor:
@@ -198,6 +210,12 @@ class Engine:
     def _compute(self, roots: _Roots, layout: Layout, order: Tensor, retain_graph: bool) -> Tensor:
         recorded = {id(rule): list(self._uses[id(rule)]) for rule in self._rules}
         self.clear()
+        if self.trainable_changed():
+            raise ValueError(
+                "A parameter of the hooked modules was frozen or unfrozen (requires_grad) since "
+                "the engine was built, so its Gramian would be taken over the wrong parameters. "
+                "Build a new Engine after changing requires_grad (JDOptimizer does this itself)."
+            )
         fallback = self._fallback_params(recorded)
         # Rules that differentiate their module's graph need it until accumulate_grads.
         keep = retain_graph or any(r.needs_graph and recorded[id(r)] for r in self._rules)

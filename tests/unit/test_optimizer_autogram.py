@@ -308,3 +308,40 @@ def test_a_fallback_head_outside_the_step_gets_no_gradient() -> None:
     assert jd.last_step.engine == "autogram-mtl"
     assert unused.weight.grad is None and torch.equal(unused.weight, torch.ones(5).double())
     assert used.weight.grad is not None
+
+
+@pytest.mark.parametrize("change", ["freeze", "unfreeze"])
+def test_freezing_or_unfreezing_after_construction(change: str) -> None:
+    """Regression: the engine kept the trainable parameters of its construction, so a frozen
+    weight still moved (and entered the Gramian), an unfrozen one was left out of it. The
+    step that sees the change runs on the autojac engine and the Gramian engine is rebuilt."""
+    gram_model, jac_model = _model(), _model()
+    if change == "unfreeze":
+        gram_model[4].weight.requires_grad_(False)
+    gram = JDOptimizer(
+        torch.optim.SGD(gram_model.parameters(), lr=0.1),
+        aggregator=agg.UPGrad(),
+        model=gram_model,
+        batch_dim=0,
+    )
+    for model in (gram_model, jac_model):
+        model[4].weight.requires_grad_(change == "unfreeze")
+    jac = JDOptimizer(torch.optim.SGD(jac_model.parameters(), lr=0.1), aggregator=agg.UPGrad())
+    frozen = gram_model[4].weight.detach().clone()
+    _train(gram, gram_model, "[B]")
+    _train(jac, jac_model, "[B]")
+    assert torch.allclose(_params(gram_model), _params(jac_model), rtol=1e-9, atol=1e-12)
+    assert gram.last_step.engine == "autogram"  # rebuilt after the first step
+    if change == "freeze":
+        assert torch.equal(gram_model[4].weight, frozen)
+
+
+def test_a_model_parameter_the_optimizer_does_not_hold_is_refused() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match=r"optimizer does not hold \(e\.g\. '0\.weight'\)"):
+        JDOptimizer(
+            torch.optim.SGD(model[4:].parameters(), lr=0.1),
+            aggregator=agg.Mean(),
+            model=model,
+            batch_dim=0,
+        )

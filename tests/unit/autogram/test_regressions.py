@@ -317,3 +317,15 @@ def test_unbatched_convolution_inputs(conv: nn.Module, shape: tuple[int, ...]) -
     output = conv(_randn(*shape))
     losses = torch.stack([output.sin().sum(), (output**2).mean()])
     _assert_exact(engine, losses, list(conv.parameters()))
+
+
+def test_a_parameter_frozen_after_construction_is_refused() -> None:
+    """The engine's parameter set is fixed at construction: a later freeze made its Gramian
+    and gradients include the frozen weight, silently."""
+    linear = nn.Linear(3, 2).to(_F64)
+    engine = Engine(linear, batch_dim=0)
+    linear.weight.requires_grad_(False)
+    assert engine.trainable_changed()
+    losses = (linear(_randn(_B, 3)) ** 2).sum(dim=1)
+    with pytest.raises(ValueError, match="frozen or unfrozen"):
+        engine.compute_gramian(losses)
