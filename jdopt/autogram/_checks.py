@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ._rules import Rule, Use
@@ -45,7 +46,7 @@ def check_untracked_uses(
     (a weight tied to a module outside the engine), which would make its Gramian wrong.
 
     Every call of a closed-form layer references its parameter from one node of the graph; a
-    walk of the graph counts those references. Run on the first ``compute_gramian`` only.
+    walk of the graph counts those references.
     """
     calls: dict[int, int] = {}
     names: dict[int, str] = {}
@@ -61,7 +62,10 @@ def check_untracked_uses(
             raise ValueError(
                 f"The parameter {names[key]} is used {count} times by the losses but only "
                 f"{calls[key]} time(s) by the hooked modules: it is tied to a module outside "
-                "the engine. Give the engine every module that uses it (e.g. Engine(model))."
+                "the engine, used by a function (e.g. F.linear(h, embedding.weight)), or used "
+                "in the loss itself (e.g. a weight penalty). Give the engine every module that "
+                "uses it (e.g. Engine(model)) and call tied weights through their module; for a "
+                "weight penalty, use the optimizer's weight_decay instead."
             )
 
 
@@ -84,3 +88,34 @@ def _references(roots: Sequence[Tensor], keys: set[int]) -> dict[int, int]:
             else:
                 stack.append(next_node)
     return counts
+
+
+def check_against_backward(
+    losses: Tensor, params: Sequence[Tensor], gramian: Tensor, tolerance: float
+) -> None:
+    """Refuses a Gramian ``[m, m]`` that an ordinary backward pass contradicts.
+
+    For a fixed random ``z``, ``zᵀGz`` must equal ``‖∇(zᵀ losses)‖²`` over ``params`` (to a
+    relative ``tolerance``). Set-ups
+    that break the engine's assumptions fail it: per-sample losses that mix the samples of the
+    batch (an in-batch contrastive loss, ``h - h.mean(0)`` between hooked layers) or that come
+    in another order than the batch, a batch dimension that only happens to have the batch's
+    size (positions, learned queries), a module that computes with more than what its hook
+    sees. Costs one backward pass; the engine runs it on its first Gramian only.
+    """
+    generator = torch.Generator(device=losses.device).manual_seed(0)
+    z = torch.randn(losses.shape, generator=generator, device=losses.device, dtype=losses.dtype)
+    grads = torch.autograd.grad(losses, params, z, retain_graph=True, allow_unused=True)
+    expected = sum(float(g.double().square().sum()) for g in grads if g is not None)
+    flat = z.reshape(-1).double()
+    found = float(flat @ gramian.double() @ flat)
+    if abs(found - expected) > tolerance * max(expected, found, torch.finfo(torch.float32).tiny):
+        raise ValueError(
+            "The engine's Gramian disagrees with an ordinary backward pass (for a random z, "
+            f"zᵀGz = {found:.4g} but ‖∇(zᵀ losses)‖² = {expected:.4g}): the losses break the "
+            "engine's assumptions. With batch_dim=0, losses[i] must depend on sample i only, in "
+            "the order of the batch, and every hooked layer's input must have the batch on its "
+            "first dimension: no in-batch contrastive loss, no reordering, no layer mixing "
+            "samples (e.g. h - h.mean(0)), no learned queries or positions of the batch's "
+            "size. Use batch_dim=None, or JDOptimizer without `model` (the autojac engine)."
+        )

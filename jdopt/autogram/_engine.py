@@ -12,7 +12,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._losses import as_losses
 from ..distributed._collectives import rank, world_size
-from ._checks import check_modules, check_untracked_uses
+from ._checks import check_against_backward, check_modules, check_untracked_uses
 from ._distributed import batch_sizes, combine_rows, gathered_uses, reduce_grads
 from ._hooks import check_unmodified, make_hook, parameter_owners
 from ._layout import Layout
@@ -91,7 +91,6 @@ class Engine:
         self._uses: dict[int, list[Use]] = {}
         self._handles: list[RemovableHandle] = []
         self._last: _Step | None = None
-        self._checked_ties = False
         self._plans: dict[tuple, tuple[Layout, Tensor, Tensor]] = {}
         for module, names in parameter_owners(modules):
             rule = make_rule(module, names)
@@ -108,6 +107,9 @@ class Engine:
                 self._owners.setdefault(id(rule.param(name)), []).append((rule, name))
         self._params = [owners[0][0].param(owners[0][1]) for owners in self._owners.values()]
         self._trainable = {id(param) for param in self._params}
+        # The first Gramian is checked against one ordinary backward pass (see
+        # check_against_backward): it catches set-ups that break the engine's assumptions.
+        self._verified = False
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -170,7 +172,19 @@ class Engine:
         losses = as_losses(losses)
         layout, order, cotangents = self._plan(losses.shape, losses.dtype, losses.device)
         roots = _Roots([losses], [cotangents], losses.shape, self._objective_cotangents(losses))
-        return self._compute(roots, layout, order, retain_graph)
+        if self._verified or (self.distributed and world_size() > 1):
+            return self._compute(roots, layout, order, retain_graph)
+        half = any(
+            t.dtype in (torch.float16, torch.bfloat16)
+            for uses in self._uses.values()
+            for use in uses
+            for t in use.outputs
+        )  # autocast: the backward pass rounds differently
+        gramian = self._compute(roots, layout, order, True)
+        flat = _flatten(gramian, losses.shape)
+        check_against_backward(losses, self._params, flat, 5e-2 if half else 1e-3)
+        self._verified = True
+        return gramian
 
     def compute_gramian_of_rows(
         self,
@@ -221,9 +235,8 @@ class Engine:
         keep = retain_graph or any(r.needs_graph and recorded[id(r)] for r in self._rules)
         retain = keep or bool(fallback)  # the fallback differentiates the losses again
         uses = self._backward_to_outputs(roots, recorded, fallback, layout, retain)
-        if not self._checked_ties:
-            check_untracked_uses(roots.tensors, self._rules, uses, fallback)
-            self._checked_ties = True
+        # Every time: a tie or a penalty term can appear at any step.
+        check_untracked_uses(roots.tensors, self._rules, uses, fallback)
         from_losses = self._grads_from_losses(roots, fallback, order, keep)
         if not any(uses.values()) and not from_losses:
             raise ValueError(
@@ -509,6 +522,14 @@ def _sum(parts: list[Tensor]) -> Tensor:
     for part in parts[1:]:
         total += part  # parts are fresh tensors of the rules: adding in place is safe
     return total
+
+
+def _flatten(generalized: Tensor, shape: torch.Size) -> Tensor:
+    """The inverse of :func:`_generalize`."""
+    k, m = len(shape), math.prod(shape)
+    if k == 0:
+        return generalized.reshape(1, 1)
+    return generalized.permute(*range(k), *reversed(range(k, 2 * k))).reshape(m, m)
 
 
 def _generalize(gramian: Tensor, shape: torch.Size) -> Tensor:

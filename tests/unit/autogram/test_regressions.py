@@ -329,3 +329,45 @@ def test_a_parameter_frozen_after_construction_is_refused() -> None:
     losses = (linear(_randn(_B, 3)) ** 2).sum(dim=1)
     with pytest.raises(ValueError, match="frozen or unfrozen"):
         engine.compute_gramian(losses)
+
+
+def test_a_penalty_that_appears_after_the_first_step_is_refused() -> None:
+    """The check for untracked uses of a parameter ran on the first Gramian only: a weight
+    penalty added to the losses later gave a Gramian 34% off, silently."""
+    linear = nn.Linear(3, 2).to(_F64)
+    engine = Engine(linear, batch_dim=0)
+    engine.compute_gramian((linear(_randn(_B, 3)) ** 2).sum(dim=1))
+    losses = (linear(_randn(_B, 3, seed=2)) ** 2).sum(dim=1) + 0.5 * linear.weight.pow(2).sum()
+    with pytest.raises(ValueError, match="weight penalty"):
+        engine.compute_gramian(losses)
+
+
+class _Centred(nn.Module):
+    """Two layers with ``h - h.mean(0)`` between them: it mixes the samples of the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 4), nn.Linear(4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.first(x))
+        return self.second(h - h.mean(dim=0))
+
+
+@pytest.mark.parametrize("case", ["reordered", "mixing layer", "contrastive"])
+def test_losses_that_are_not_per_sample_are_refused(case: str) -> None:
+    """With batch_dim=0 these gave Gramians 11-280% off, silently; the first Gramian is now
+    checked against one ordinary backward pass."""
+    torch.manual_seed(0)
+    model = (_Centred() if case == "mixing layer" else nn.Linear(3, 2)).to(_F64)
+    engine = Engine(model, batch_dim=0)
+    out = model(_randn(_B, 3))
+    if case == "reordered":
+        losses = (out**2).sum(dim=1)[torch.tensor([1, 0, 3, 2])]
+    elif case == "mixing layer":
+        losses = out.squeeze(1) ** 2
+    else:  # each sample against the others: an in-batch contrastive loss
+        losses = torch.logsumexp(out @ out.T, dim=1)
+    with pytest.raises(ValueError, match="disagrees with an ordinary backward pass"):
+        engine.compute_gramian(losses)
+    assert all(p.grad is None for p in model.parameters())
