@@ -20,7 +20,11 @@ def check_modules(modules: Sequence[nn.Module], batch_dim: int | None) -> None:
             raise TypeError(f"Engine takes nn.Module objects. Found {type(module).__name__}.")
     for i, a in enumerate(modules):
         for j, b in enumerate(modules):
-            if i != j and any(m is b for m in a.modules()):
+            if i < j and a is b:
+                raise ValueError(
+                    f"The same {type(a).__name__} was given to Engine twice. Give it once."
+                )
+            if i != j and a is not b and any(m is b for m in a.modules()):
                 raise ValueError(
                     f"The modules given to Engine must not contain each other: "
                     f"{type(b).__name__} is inside {type(a).__name__}. Give only the outer one."

@@ -107,6 +107,13 @@ class Engine:
                 self._owners.setdefault(id(rule.param(name)), []).append((rule, name))
         self._params = [owners[0][0].param(owners[0][1]) for owners in self._owners.values()]
         self._trainable = {id(param) for param in self._params}
+        self._sparse = {
+            id(rule.param("weight"))
+            for rule in self._rules
+            if isinstance(rule.module, nn.Embedding)
+            and rule.module.sparse
+            and "weight" in rule.names
+        }
         # The first Gramian is checked against one ordinary backward pass (see
         # check_against_backward): it catches set-ups that break the engine's assumptions.
         self._verified = False
@@ -512,6 +519,8 @@ class Engine:
         for key, grad in grads.items():
             param = params[key]
             grad = grad.reshape(param.shape).to(param.dtype)
+            if key in self._sparse:  # as the module's own backward gives it (for SparseAdam)
+                grad = grad.to_sparse(sparse_dim=1)
             param.grad = grad if param.grad is None else param.grad + grad
 
 

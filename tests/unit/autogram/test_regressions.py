@@ -371,3 +371,26 @@ def test_losses_that_are_not_per_sample_are_refused(case: str) -> None:
     with pytest.raises(ValueError, match="disagrees with an ordinary backward pass"):
         engine.compute_gramian(losses)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_sparse_embedding_gets_a_sparse_gradient() -> None:
+    """accumulate_grads wrote a dense gradient: SparseAdam refused it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(7, 3, sparse=True), nn.Flatten(), nn.Linear(9, 1))
+    model = model.to(_F64)
+    engine = Engine(model, batch_dim=0)
+    losses = model(_indices()).squeeze(1) ** 2
+    weights = torch.rand(_B, dtype=_F64, generator=torch.Generator().manual_seed(9))
+    engine.compute_gramian(losses)
+    engine.accumulate_grads(weights)
+    grad = model[0].weight.grad
+    assert grad.is_sparse
+    expected = reference_weighted_gradient(losses, weights, [model[0].weight])[0]
+    assert relative_error(grad.to_dense(), expected) <= TOLERANCE
+    torch.optim.SparseAdam(model[0].parameters()).step()  # accepts it
+
+
+def test_a_module_given_twice_is_named_as_such() -> None:
+    linear = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="given to Engine twice"):
+        Engine(linear, linear, batch_dim=0)
