@@ -7,7 +7,7 @@ For a preference vector ``u [m]``, the projection of ``Jᵀu`` onto the dual con
 The native solver handles ``k`` such problems at once, all sharing ``G``:
 
 - positive homogeneity: ``v*(c u) = c v*(u)`` for ``c > 0``, and ``v* = 0`` when ``u ≤ 0``, so
-  rows are rescaled to ``‖u‖∞ = 1`` and the trivial ones skipped;
+  rows are rescaled to ``max(u) = 1`` and the trivial ones skipped;
 - Jacobi scaling (``G`` to unit diagonal), then either the primal problem (a box-constrained QP
   in ``w = √diag(G) ⊙ v``) or its dual (``max_{λ≥0} −½λᵀG⁻¹λ + uᵀλ``, ``v = G⁻¹λ``), whichever
   has the better-conditioned reduced systems: the dual when ``G`` is numerically low-rank plus
@@ -105,14 +105,16 @@ def project_weights(
     if bounds.numel() == 0:
         return bounds.to(gramian.dtype)
     solvable = bounds.amax(dim=1) > 0
+    # Rows are scaled to max(u) = 1, a lower bound on ‖v*‖∞ (v* ≥ u), to which the final check
+    # is relative: so are the solver's tolerances then (see BoxQP.scale).
     if bool(solvable.all()):  # the usual case: no row to leave out
-        size = bounds.abs().amax(dim=1, keepdim=True)
+        size = bounds.amax(dim=1, keepdim=True)
         scaled_start = None if start is None else start / size
         return (_solve(matrix, bounds / size, scaled_start) * size).to(gramian.dtype)
     weights = torch.zeros_like(bounds)
     rows = solvable.nonzero().squeeze(1)
     if rows.numel() > 0:
-        size = bounds[rows].abs().amax(dim=1, keepdim=True)
+        size = bounds[rows].amax(dim=1, keepdim=True)
         scaled_start = None if start is None else start[rows] / size
         weights[rows] = _solve(matrix, bounds[rows] / size, scaled_start) * size
     return weights.to(gramian.dtype)

@@ -72,10 +72,13 @@ class BoxQP:
     lower: Tensor
 
     def scale(self) -> Tensor:
-        """``[k, 1]`` the size of each problem's data, to which tolerances are relative."""
-        return torch.maximum(
-            self.lower.abs().amax(1, keepdim=True), self.linear.abs().amax(1, keepdim=True)
-        )
+        """``[k, 1]`` the size of each problem's data, to which tolerances are relative.
+
+        The positive parts of ``ℓ`` and ``b`` only: they set the size of the solution (for
+        ``b = 0``, ``‖x*‖∞ ≥ max(ℓ)``), while very negative bounds, which hardly ever hold, would
+        make the tolerances too loose.
+        """
+        return torch.maximum(self.lower.amax(1, keepdim=True), self.linear.amax(1, keepdim=True))
 
 
 def largest_eigenvalue(matrix: Tensor, iterations: int = 10) -> float:
