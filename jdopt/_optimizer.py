@@ -102,15 +102,15 @@ class JDOptimizer(DelegatingOptimizer):
         # Under torch.distributed, a DDP model (or none: the autojac engine on the optimizer's
         # parameters) means one global step; any other model is trained per process.
         self._distributed = is_distributed() and (model is None or is_ddp(model))
-        if self._distributed and is_ddp(model):
-            take_over_gradient_sync(model)
         self._gramian_engine: Engine | None = None
         self._covered: set[int] = set()  # ids of the engine's parameters
         self._init_delegation(optimizer, aggregator)
         if self.engine == "autogram":
-            self._build_engine()
+            self._use_engine(self._new_engine())
+        if self._distributed and is_ddp(model):  # last: nothing can raise after it
+            take_over_gradient_sync(model)
 
-    def _build_engine(self) -> None:
+    def _new_engine(self) -> Engine:
         engine = Engine(
             *modules_of(self.model), batch_dim=self.batch_dim, distributed=self._distributed
         )
@@ -126,19 +126,24 @@ class JDOptimizer(DelegatingOptimizer):
                 "them (requires_grad_(False)), add them to the optimizer, or give `model` only "
                 "the modules whose parameters the optimizer trains."
             )
+        return engine
+
+    def _use_engine(self, engine: Engine) -> None:
         self._gramian_engine = engine
         self._covered = {id(p) for p in engine.params}
 
     def _engine_is_current(self) -> bool:
         """Whether the Gramian engine still matches the model's trainable parameters; if not
         (a parameter was frozen or unfrozen), it is rebuilt for the next steps and ``False``
-        tells this step to use the autojac engine, as the forward pass ran with the old hooks."""
+        tells this step to use the autojac engine, as the forward pass ran with the old hooks.
+        A rebuild that raises keeps the old engine, so that the next step tries again."""
         engine = self._gramian_engine
         if engine is None or not engine.trainable_changed():
             return True
+        engine.clear()
+        fresh = self._new_engine()
         engine.close()
-        self._gramian_engine = None
-        self._build_engine()
+        self._use_engine(fresh)
         return False
 
     def close(self) -> None:

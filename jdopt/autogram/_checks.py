@@ -96,7 +96,7 @@ def _references(roots: Sequence[Tensor], keys: set[int]) -> dict[int, int]:
 
 def check_against_backward(
     losses: Tensor, params: Sequence[Tensor], gramian: Tensor, tolerance: float
-) -> None:
+) -> bool:
     """Refuses a Gramian ``[m, m]`` that an ordinary backward pass contradicts.
 
     For a fixed random ``z``, ``zᵀGz`` must equal ``‖∇(zᵀ losses)‖²`` over ``params`` (to a
@@ -105,7 +105,10 @@ def check_against_backward(
     batch (an in-batch contrastive loss, ``h - h.mean(0)`` between hooked layers) or that come
     in another order than the batch, a batch dimension that only happens to have the batch's
     size (positions, learned queries), a module that computes with more than what its hook
-    sees. Costs one backward pass; the engine runs it on its first Gramian only.
+    sees. Costs one backward pass; the engine runs it until one Gramian has passed it.
+
+    Returns whether the check could decide: ``False`` when either side is zero or not finite
+    (e.g. an overflowing step under a GradScaler).
     """
     generator = torch.Generator(device=losses.device).manual_seed(0)
     z = torch.randn(losses.shape, generator=generator, device=losses.device, dtype=losses.dtype)
@@ -113,7 +116,9 @@ def check_against_backward(
     expected = sum(float(g.double().square().sum()) for g in grads if g is not None)
     flat = z.reshape(-1).double()
     found = float(flat @ gramian.double() @ flat)
-    if abs(found - expected) > tolerance * max(expected, found, torch.finfo(torch.float32).tiny):
+    if not (0 < expected < float("inf") and 0 < found < float("inf")):
+        return False
+    if abs(found - expected) > tolerance * max(expected, found):
         raise ValueError(
             "The engine's Gramian disagrees with an ordinary backward pass (for a random z, "
             f"zᵀGz = {found:.4g} but ‖∇(zᵀ losses)‖² = {expected:.4g}): the losses break the "
@@ -121,5 +126,7 @@ def check_against_backward(
             "the order of the batch, and every hooked layer's input must have the batch on its "
             "first dimension: no in-batch contrastive loss, no reordering, no layer mixing "
             "samples (e.g. h - h.mean(0)), no learned queries or positions of the batch's "
-            "size. Use batch_dim=None, or JDOptimizer without `model` (the autojac engine)."
+            "size; and no hook that changes a layer's output or a parameter's gradient. Use "
+            "batch_dim=None, or JDOptimizer without `model` (the autojac engine)."
         )
+    return True

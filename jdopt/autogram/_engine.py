@@ -106,13 +106,18 @@ class Engine:
             for name in rule.names:
                 self._owners.setdefault(id(rule.param(name)), []).append((rule, name))
         self._params = [owners[0][0].param(owners[0][1]) for owners in self._owners.values()]
-        self._trainable = {id(param) for param in self._params}
+        # Every parameter of the modules, with its requires_grad now (see trainable_changed).
+        unique = {id(p): p for module in modules for p in module.parameters()}
+        self._watched = [(param, param.requires_grad) for param in unique.values()]
+        # A sparse Embedding's weight gets a sparse gradient, as from its own backward, unless
+        # it is tied to another module (whose dense gradient makes the sum dense).
         self._sparse = {
             id(rule.param("weight"))
             for rule in self._rules
             if isinstance(rule.module, nn.Embedding)
             and rule.module.sparse
             and "weight" in rule.names
+            and len(self._owners[id(rule.param("weight"))]) == 1
         }
         # The first Gramian is checked against one ordinary backward pass (see
         # check_against_backward): it catches set-ups that break the engine's assumptions.
@@ -153,12 +158,7 @@ class Engine:
         """Whether a parameter of the hooked modules was frozen or unfrozen (``requires_grad``)
         since the engine was built: it then refuses to compute Gramians, and a new engine is
         needed."""
-        now = {
-            id(module.get_parameter(name))
-            for module, names in parameter_owners(self.modules)
-            for name in names
-        }
-        return now != self._trainable
+        return any(param.requires_grad is not flag for param, flag in self._watched)
 
     # ------------------------------------------------------------------ the Gramian
     def compute_gramian(self, losses: Tensor, *, retain_graph: bool = True) -> Tensor:
@@ -174,7 +174,15 @@ class Engine:
                 ``losses.backward(weights)`` can follow. ``False`` frees it during the backward
                 pass, like ``backward()`` does: less memory when the weighted gradient comes
                 from :meth:`accumulate_grads` (the graph is kept all the same when a hooked
-                ``MultiheadAttention``, whose rule differentiates its own graph, was called).
+                ``MultiheadAttention``, whose rule differentiates its own graph, was called,
+                and until an engine's first finite Gramian has been checked against one
+                ordinary backward pass, which needs the graph).
+
+        Raises:
+            ValueError: when the first Gramian disagrees with an ordinary backward pass (the
+                losses break the engine's assumptions, e.g. per-sample losses that mix
+                samples), when a parameter is used outside the hooked calls, or when a
+                parameter was frozen or unfrozen since the engine was built.
         """
         losses = as_losses(losses)
         layout, order, cotangents = self._plan(losses.shape, losses.dtype, losses.device)
@@ -189,8 +197,13 @@ class Engine:
         )  # autocast: the backward pass rounds differently
         gramian = self._compute(roots, layout, order, True)
         flat = _flatten(gramian, losses.shape)
-        check_against_backward(losses, self._params, flat, 5e-2 if half else 1e-3)
-        self._verified = True
+        try:
+            self._verified = check_against_backward(
+                losses, self._params, flat, 5e-2 if half else 1e-3
+            )
+        except ValueError:
+            self._last = None  # accumulate_grads must not use a refused Gramian
+            raise
         return gramian
 
     def compute_gramian_of_rows(
@@ -519,9 +532,12 @@ class Engine:
         for key, grad in grads.items():
             param = params[key]
             grad = grad.reshape(param.shape).to(param.dtype)
-            if key in self._sparse:  # as the module's own backward gives it (for SparseAdam)
+            if key in self._sparse and key not in step.fallback:  # as its own backward gives it
                 grad = grad.to_sparse(sparse_dim=1)
-            param.grad = grad if param.grad is None else param.grad + grad
+            if param.grad is None:
+                param.grad = grad
+            else:  # dense + sparse is dense; sparse + sparse stays sparse
+                param.grad = grad + param.grad if param.grad.is_sparse else param.grad + grad
 
 
 def _sum(parts: list[Tensor]) -> Tensor:

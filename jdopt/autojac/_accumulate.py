@@ -27,6 +27,8 @@ def add_grad(param: Tensor, grad: Tensor) -> None:
     grad = grad.to(dtype=param.dtype)
     if param.grad is None:
         param.grad = grad.clone() if grad._base is not None else grad
+    elif param.grad.is_sparse:  # from a sparse Embedding's own backward: the sum is dense
+        param.grad = grad + param.grad
     else:
         param.grad += grad
 

@@ -345,3 +345,22 @@ def test_a_model_parameter_the_optimizer_does_not_hold_is_refused() -> None:
             model=model,
             batch_dim=0,
         )
+
+
+def test_a_rebuild_that_fails_is_tried_again_at_the_next_step() -> None:
+    """Regression: the failed rebuild left the optimizer without hooks, on autojac for good."""
+    model = _model()
+    model[0].requires_grad_(False)
+    gram = JDOptimizer(
+        torch.optim.SGD(model[1:].parameters(), lr=0.1),
+        aggregator=agg.Mean(),
+        model=model,
+        batch_dim=0,
+    )
+    _train(gram, model, "[B]", steps=1)
+    model[0].requires_grad_(True)  # not in the optimizer: the new engine is refused
+    with pytest.raises(ValueError, match="optimizer does not hold"):
+        _train(gram, model, "[B]", steps=1)
+    model[0].requires_grad_(False)  # undone: the old engine is current again
+    _train(gram, model, "[B]", steps=1)
+    assert gram.last_step.engine == "autogram"

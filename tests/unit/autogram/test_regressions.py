@@ -394,3 +394,29 @@ def test_a_module_given_twice_is_named_as_such() -> None:
     linear = nn.Linear(3, 2)
     with pytest.raises(ValueError, match="given to Engine twice"):
         Engine(linear, linear, batch_dim=0)
+
+
+def test_a_sparse_embedding_tied_to_a_linear_head_gets_a_dense_gradient() -> None:
+    """Its own backward sums a sparse and a dense gradient: dense, which Adam accepts."""
+    torch.manual_seed(0)
+    embedding, head = nn.Embedding(7, 3, sparse=True), nn.Linear(3, 7, bias=False)
+    head.weight = embedding.weight
+    model = nn.Sequential(embedding, nn.Tanh(), head).to(_F64)
+    engine = Engine(model, batch_dim=0)
+    losses = model(_indices()).square().mean(dim=(1, 2))
+    _assert_exact(engine, losses, [embedding.weight])
+    assert not embedding.weight.grad.is_sparse
+
+
+def test_a_first_gramian_that_overflows_does_not_use_up_the_check() -> None:
+    """Under a GradScaler the first steps often overflow: the check waits for a finite one."""
+    torch.manual_seed(0)
+    model = _Centred().to(_F64)
+    engine = Engine(model, batch_dim=0)
+    out = model(_randn(_B, 3)).squeeze(1)
+    engine.compute_gramian(out * torch.tensor([1.0, torch.inf, 1.0, 1.0], dtype=_F64))
+    losses = model(_randn(_B, 3)).squeeze(1) ** 2
+    with pytest.raises(ValueError, match="disagrees with an ordinary backward pass"):
+        engine.compute_gramian(losses)
+    with pytest.raises(RuntimeError, match="before accumulate_grads"):  # nothing to apply
+        engine.accumulate_grads(torch.ones(_B, dtype=_F64))

@@ -140,3 +140,14 @@ def test_invalid_chunk_size_and_inputs() -> None:
     with pytest.raises(ValueError, match="none of the given parameters"):
         backward(param * 2, Recorder(), inputs=[torch.ones(2, requires_grad=True)])
     assert param.grad is None
+
+
+def test_adding_to_a_sparse_gradient() -> None:
+    """A sparse Embedding's own backward leaves a sparse .grad: adding a dense one works."""
+    from jdopt.autojac._accumulate import add_grad
+
+    embedding = torch.nn.Embedding(5, 2, sparse=True)
+    embedding(torch.tensor([1, 3])).sum().backward()
+    expected = embedding.weight.grad.to_dense() + 1
+    add_grad(embedding.weight, torch.ones(5, 2))
+    assert torch.equal(embedding.weight.grad, expected)
