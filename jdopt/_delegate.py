@@ -75,9 +75,11 @@ class DelegatingOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         extra = state.pop("jdopt", None)
+        # The wrapped optimizer first: it checks the state against its parameter groups, and
+        # raising then must leave the aggregator's state as it was.
+        self.optimizer.load_state_dict(state)
         if extra is not None:
             self.extra.load_state_dict(extra["aggregator"])
-        self.optimizer.load_state_dict(state)
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()

@@ -194,7 +194,7 @@ class JDOptimizer(DelegatingOptimizer):
             )
         tasks = list(losses) if isinstance(losses, Sequence) else None
         losses = as_losses(losses)
-        if self.scaler is None:
+        if not _scaling(self.scaler):
             check_finite_losses(losses)
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         if features is not None:
@@ -338,7 +338,20 @@ class JDOptimizer(DelegatingOptimizer):
         """Weights in the losses' shape, or ``None`` when the Gramian is not finite."""
         if not self._finite(gramian, engine):
             return None
-        weights = self.aggregator.weighting(gramian).reshape(shape)
+        weights = self.aggregator.weighting(gramian)
+        if weights.numel() != shape.numel() or not bool(torch.isfinite(weights).all()):
+            name = type(self.aggregator.weighting).__name__
+            found = (
+                "non-finite weights"
+                if weights.numel() == shape.numel()
+                else f"weights of shape {tuple(weights.shape)}"
+            )
+            raise ValueError(
+                f"The weighting {name} returned {found} for a Gramian of {shape.numel()} "
+                "objectives. Nothing was changed. A weighting must return one finite weight "
+                "per objective."
+            )
+        weights = weights.reshape(shape)
         self.last_step = step_info(engine, gramian, weights, skipped=False)
         return weights
 
@@ -346,7 +359,7 @@ class JDOptimizer(DelegatingOptimizer):
         # A NaN/inf in J makes G non-finite, and G is m × m: checking it is cheap.
         if bool(torch.isfinite(gramian).all()):
             return True
-        if self.scaler is None:
+        if not _scaling(self.scaler):
             raise ValueError(
                 "The Jacobian of the losses contains NaN or inf although the losses are finite "
                 "(an overflow in the backward pass). Nothing was changed. Lower the learning "
@@ -360,6 +373,12 @@ def _poison(params: list[Tensor]) -> None:
     """NaN gradients: the GradScaler then skips the step, as for an overflowing backward."""
     for param in params:
         add_grad(param, torch.full_like(param, torch.nan))
+
+
+def _scaling(scaler: torch.amp.GradScaler | None) -> bool:
+    """Whether a GradScaler will skip steps with non-finite gradients (a disabled one, as in
+    ``GradScaler(enabled=use_amp)``, does not: the error contract of no scaler holds then)."""
+    return scaler is not None and scaler.is_enabled()
 
 
 def _scale(scaler: torch.amp.GradScaler | None) -> float:

@@ -57,13 +57,12 @@ def _rows(
         grads = torch.autograd.grad(
             outputs, inputs, cotangents, retain_graph=retain, allow_unused=True
         )
-        return [None if g is None else g.unsqueeze(0) for g in grads]
+        return [None if g is None else _dense(g).unsqueeze(0) for g in grads]
     try:
-        return list(
-            torch.autograd.grad(
-                outputs, inputs, block, retain_graph=True, allow_unused=True, is_grads_batched=True
-            )
+        grads = torch.autograd.grad(
+            outputs, inputs, block, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
+        return [None if g is None else _dense(g) for g in grads]
     except RuntimeError as error:
         if "vmap" not in str(error) and "batch" not in str(error).lower():
             raise
@@ -74,6 +73,11 @@ def _rows(
     ]
     ones = [1] * len(rows)
     return [_concat([row[i] for row in rows], inputs[i], ones) for i in range(len(inputs))]
+
+
+def _dense(grad: Tensor) -> Tensor:
+    """A sparse Embedding's gradient is sparse: Jacobian rows are dense."""
+    return grad.to_dense() if grad.is_sparse else grad
 
 
 def _concat(parts: list[Tensor | None], like: Tensor, lengths: list[int]) -> Tensor | None:

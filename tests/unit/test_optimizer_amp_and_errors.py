@@ -163,3 +163,73 @@ def test_wrapping_twice_is_refused() -> None:
     jd = JDOptimizer(torch.optim.SGD(_model().parameters(), lr=0.1))
     with pytest.raises(TypeError, match="already wrapped"):
         JDOptimizer(jd, aggregator=agg.Mean())
+
+
+@pytest.mark.parametrize("use_model", [False, True])
+def test_a_disabled_scaler_keeps_the_error_contract(use_model: bool) -> None:
+    """Regression: GradScaler(enabled=False), the usual `enabled=use_amp` pattern, turned the
+    checks off and NaN reached the parameters."""
+    model = _model()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    jd = JDOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model=model if use_model else None,
+        batch_dim=0 if use_model else None,
+        scaler=scaler,
+    )
+    before = _snapshot(model, jd)
+    losses = _losses(model) * torch.tensor([1.0, 1.0, float("nan"), 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        jd.backward(scaler.scale(losses))
+    _assert_same(before, _snapshot(model, jd))
+
+
+class _BadWeighting(agg.Weighting):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, gramian: torch.Tensor) -> torch.Tensor:
+        m = gramian.shape[0]
+        if self.kind == "shape":
+            return torch.ones(m + 1)
+        return torch.full((m,), float("nan"))
+
+
+@pytest.mark.parametrize("kind", ["shape", "nan"])
+def test_bad_weights_from_a_custom_weighting_change_nothing(kind: str) -> None:
+    model = _model()
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=_BadWeighting(kind))
+    before = _snapshot(model, jd)
+    with pytest.raises(ValueError, match="one finite weight per objective"):
+        jd.step(_losses(model))
+    _assert_same(before, _snapshot(model, jd))
+
+
+def test_a_failed_load_leaves_the_aggregator_state_alone() -> None:
+    model = _model()
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=agg.NashMTL(n_tasks=6))
+    jd.step(_losses(model))
+    saved = jd.state_dict()
+    other = JDOptimizer(
+        torch.optim.SGD(_model()[0].parameters(), lr=0.1), aggregator=agg.NashMTL(n_tasks=6)
+    )
+    before = repr(other.aggregator.state_dict())
+    with pytest.raises(ValueError):
+        other.load_state_dict(saved)  # parameter groups do not match
+    assert repr(other.aggregator.state_dict()) == before
+
+
+def test_a_sparse_embedding_on_the_autojac_engine() -> None:
+    """Regression: its sparse gradient rows could not be reshaped into Jacobian rows."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 1)).double()
+    reference = copy.deepcopy(model)
+    idx = torch.tensor([1, 3, 3, 7, 0, 9])
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=agg.Mean())
+    jd.step(model(idx).squeeze(1) ** 2)
+    plain = torch.optim.SGD(reference.parameters(), lr=0.1)
+    (reference(idx).squeeze(1) ** 2).mean().backward()
+    plain.step()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-12)
