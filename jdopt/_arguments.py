@@ -28,6 +28,11 @@ def check_arguments(
             "`optimizer` should be a torch.optim.Optimizer (e.g. torch.optim.Adam(model."
             f"parameters())), not already wrapped. Found {type(optimizer).__name__}."
         )
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise TypeError(
+            "`optimizer` should not need a closure to step: LBFGS re-evaluates the loss inside "
+            "step(), which Jacobian descent cannot. Use a first-order optimizer (SGD, Adam, …)."
+        )
     if aggregator is not None and not isinstance(aggregator, (Aggregator, Weighting)):
         raise TypeError(
             "`aggregator` should be a jdopt.aggregation.Aggregator or Weighting (e.g. UPGrad()). "

@@ -165,12 +165,19 @@ class JDOptimizer(DelegatingOptimizer):
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, losses: Tensor | Sequence[Tensor] | None = None, *, features: Any = None
+        self,
+        losses: Tensor | Sequence[Tensor] | None = None,
+        *,
+        features: Any = None,
+        closure: Any = None,
     ) -> None:
         """``backward(losses, features=features)`` then the wrapped optimizer's ``step()``.
 
         Without losses (as ``GradScaler.step`` calls it) it only steps, using ``.grad``.
+        ``closure`` exists only to be refused with a clear message (frameworks pass one).
         """
+        if closure is not None:
+            losses = closure
         if losses is not None or features is not None:
             with torch.enable_grad():
                 self.backward(losses, features=features)

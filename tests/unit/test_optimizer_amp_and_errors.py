@@ -233,3 +233,18 @@ def test_a_sparse_embedding_on_the_autojac_engine() -> None:
     plain.step()
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-12)
+
+
+def test_a_closure_given_by_keyword_is_refused_clearly() -> None:
+    model = _model()
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    before = _snapshot(model, jd)
+    with pytest.raises(TypeError, match="does not take a closure"):
+        jd.step(closure=lambda: _losses(model).sum())
+    _assert_same(before, _snapshot(model, jd))
+
+
+def test_an_optimizer_that_needs_a_closure_is_refused() -> None:
+    """LBFGS raised for its missing closure only after .grad had been written."""
+    with pytest.raises(TypeError, match="LBFGS"):
+        JDOptimizer(torch.optim.LBFGS(_model().parameters()))
