@@ -67,12 +67,24 @@ class DelegatingOptimizer(Optimizer):
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state dict, plus the aggregator's state under ``"jdopt"``."""
+        """The wrapped optimizer's state dict, plus the aggregator's state under ``"jdopt"``.
+
+        Hooks registered on this optimizer (``register_state_dict_pre_hook`` / ``_post_hook``)
+        run as they would on a torch optimizer.
+        """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         state = self.optimizer.state_dict()
         state["jdopt"] = {"aggregator": self.extra.state_dict()}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state)
+            state = state if result is None else result
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            state_dict = state_dict if result is None else result
         state = dict(state_dict)
         extra = state.pop("jdopt", None)
         # The wrapped optimizer first: it checks the state against its parameter groups, and
@@ -80,6 +92,8 @@ class DelegatingOptimizer(Optimizer):
         self.optimizer.load_state_dict(state)
         if extra is not None:
             self.extra.load_state_dict(extra["aggregator"])
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()

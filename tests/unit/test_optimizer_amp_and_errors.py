@@ -248,3 +248,18 @@ def test_an_optimizer_that_needs_a_closure_is_refused() -> None:
     """LBFGS raised for its missing closure only after .grad had been written."""
     with pytest.raises(TypeError, match="LBFGS"):
         JDOptimizer(torch.optim.LBFGS(_model().parameters()))
+
+
+def test_state_dict_hooks_run() -> None:
+    """Regression: the overridden state_dict/load_state_dict never ran the registered hooks."""
+    model = _model()
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    calls = []
+    jd.register_state_dict_pre_hook(lambda opt: calls.append("save pre"))
+    jd.register_state_dict_post_hook(lambda opt, state: {**state, "tag": 1})
+    jd.register_load_state_dict_pre_hook(lambda opt, state: calls.append(state.get("tag")))
+    jd.register_load_state_dict_post_hook(lambda opt: calls.append("load post"))
+    state = jd.state_dict()
+    assert state["tag"] == 1
+    jd.load_state_dict(state)
+    assert calls == ["save pre", 1, "load post"]
