@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from jdopt._linalg import normalize, regularize
-from jdopt.aggregation import _dual_cone, _dual_cone_box, _dual_cone_linear
+from jdopt.aggregation import _dual_cone_box, _dual_cone_linear, _dual_cone_pivot
 from jdopt.aggregation._dual_cone import SOLVERS, project_weights
 from jdopt.aggregation._dual_cone_box import (
     BoxQP,
@@ -253,7 +253,7 @@ def test_the_active_set_method_finishes_what_pivoting_leaves(
 ) -> None:
     gramian, preferences = make(conflicting, m, 0), upgrad_preferences(m)
     reference = project_weights(preferences, gramian, solver="quadprog")
-    monkeypatch.setattr(_dual_cone, pivoting, _gives_up)
+    monkeypatch.setattr(_dual_cone_pivot, pivoting, _gives_up)
     weights = project_weights(preferences, gramian)
     assert_kkt(weights, preferences, gramian)
     assert_close_to(weights, reference)
@@ -263,8 +263,10 @@ def test_the_active_set_method_finishes_what_pivoting_leaves(
 def test_raises_instead_of_returning_inaccurate_weights(
     pivoting: str, m: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_dual_cone, pivoting, _gives_up)
-    monkeypatch.setattr(_dual_cone, "active_set", lambda qp, x, *_, **__: (x, x @ qp.matrix, None))
+    monkeypatch.setattr(_dual_cone_pivot, pivoting, _gives_up)
+    monkeypatch.setattr(
+        _dual_cone_pivot, "active_set", lambda qp, x, *_, **__: (x, x @ qp.matrix, None)
+    )
     gramian, preferences = make(conflicting, m, 0), upgrad_preferences(m)
     with pytest.raises(RuntimeError, match=r"KKT residual of .* only"):
         project_weights(preferences, gramian)
@@ -272,9 +274,9 @@ def test_raises_instead_of_returning_inaccurate_weights(
 
 def test_nan_weights_are_never_returned(monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: a NaN KKT residual once passed the accuracy check."""
-    monkeypatch.setattr(_dual_cone, "pivot_small", _gives_up)
+    monkeypatch.setattr(_dual_cone_pivot, "pivot_small", _gives_up)
     monkeypatch.setattr(
-        _dual_cone, "active_set", lambda qp, x, *_, **__: (x * torch.nan, x * torch.nan, None)
+        _dual_cone_pivot, "active_set", lambda qp, x, *_, **__: (x * torch.nan, x * torch.nan, None)
     )
     gramian, preferences = make(conflicting, 6, 0), upgrad_preferences(6)
     with pytest.raises(RuntimeError, match=r"KKT residual of nan only"):
@@ -327,7 +329,7 @@ def test_a_wrong_float32_guess_only_costs_time(
     """The float64 pivoting decides: a useless float32 guess still gives the exact answer."""
     gramian, preferences = make(family, 160, 0), upgrad_preferences(160)
     expected = project_weights(preferences, gramian)
-    monkeypatch.setattr(_dual_cone, "_rough_guess", lambda qp, x: (x, torch.ones_like(x) > 0))
+    monkeypatch.setattr(_dual_cone_pivot, "_rough_guess", lambda qp, x: (x, torch.ones_like(x) > 0))
     weights = project_weights(preferences, gramian)
     assert_kkt(weights, preferences, gramian)
     assert_close_to(weights, expected, 1e-6)
@@ -335,14 +337,14 @@ def test_a_wrong_float32_guess_only_costs_time(
 
 def test_a_failing_float32_pivoting_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """A float32 reduced system that is not positive definite: the float64 pivoting takes over."""
-    original = _dual_cone.block_pivoting
+    original = _dual_cone_pivot.block_pivoting
 
     def fails_in_float32(qp, x, active, **kwargs):
         if qp.matrix.dtype == torch.float32:
             raise RuntimeError("not numerically positive definite")
         return original(qp, x, active, **kwargs)
 
-    monkeypatch.setattr(_dual_cone, "block_pivoting", fails_in_float32)
+    monkeypatch.setattr(_dual_cone_pivot, "block_pivoting", fails_in_float32)
     gramian, preferences = make(conflicting, 160, 0), upgrad_preferences(160)
     assert_kkt(project_weights(preferences, gramian), preferences, gramian)
 

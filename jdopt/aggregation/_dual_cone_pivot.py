@@ -1,0 +1,98 @@
+"""The native solve of one batch of box-constrained QPs (:mod:`._dual_cone_box`): a guess,
+pivoting from it, and the sure finish of the rows pivoting leaves unsolved.
+
+- up to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
+  (:mod:`._dual_cone_small`);
+- beyond, mixed precision (float32 products are about twice as fast on CPU): a float32 guess,
+  then a float64 pivoting that starts from it and usually confirms it in one or two steps;
+- the rows that pivoting leaves unsolved go to the active-set method
+  (:mod:`._dual_cone_active`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._dual_cone_active import active_set, unsolved
+from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
+from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
+
+# FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
+# problems pivot cheaply. Beyond SMALL_MAX_SIZE, FISTA runs in float32: up to
+# _LONG_GUESS_MAX_SIZE restarted until its active set settles (the float64 pivoting then only
+# confirms it), beyond that briefly, followed by a float32 pivoting whose CG drops the rows
+# that have converged (a FISTA step costs a full m³ product). See benchmarks/dual_cone.py.
+_LONG_GUESS_MAX_SIZE = 384
+_WARM_ITERATIONS = (
+    (12, 10, None),
+    (SMALL_MAX_SIZE, 30, None),
+    (_LONG_GUESS_MAX_SIZE, 100, 20),
+    (None, 10, None),
+)
+# The relative violation of the KKT conditions accepted by pivoting and the finish.
+PIVOTING_TOLERANCE = 1e-8
+# Block pivoting steps (plus m / 2) before the rows it has not solved go to the active-set
+# method, which may take this many times m steps (one coordinate per step).
+_PIVOTING_STEPS, _ACTIVE_SET_STEPS = 30, 4
+# The float32 guess: tolerance, and most pivoting steps (plus m / 4) beyond the long guess.
+_ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
+
+
+def solve_box(qp: BoxQP, x: Tensor | None) -> Tensor:
+    """Solves ``qp`` from the start ``x`` (or a cold start): guess, pivoting, sure finish."""
+    x = torch.clamp_min(qp.lower, 0) if x is None else x
+    m = qp.matrix.shape[0]
+    max_iter = _PIVOTING_STEPS + m // 2
+    if m <= SMALL_MAX_SIZE:
+        x, active = _guess(qp, x, PIVOTING_TOLERANCE)
+        x, _, converged = pivot_small(qp, active, tolerance=PIVOTING_TOLERANCE, max_iter=max_iter)
+    else:
+        x, active = _rough_guess(qp, x)
+        x, _, converged = block_pivoting(
+            qp, x, active, tolerance=PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=0
+        )
+    return x if converged else _finish(qp, x)
+
+
+def _guess(qp: BoxQP, x: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
+    """FISTA's guess of the solution and of its active set, in the problem's dtype."""
+    m = qp.matrix.shape[0]
+    steps, period = next((n, p) for size, n, p in _WARM_ITERATIONS if size is None or m <= size)
+    # Also from a warm start: FISTA keeps an optimal point and improves a stale one.
+    x = accelerated_gradient(qp, x, steps, period=period, tolerance=tolerance)
+    return x, x <= qp.lower + tolerance * qp.scale()
+
+
+def _finish(qp: BoxQP, x: Tensor) -> Tensor:
+    """Solves the rows that pivoting left unsolved by the (slower, sure) active-set method."""
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    rows = unsolved(qp, x, x @ qp.matrix, PIVOTING_TOLERANCE).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return x
+    sub = BoxQP(qp.matrix, qp.linear[rows], qp.lower[rows])
+    start = x[rows]
+    working = start <= sub.lower + PIVOTING_TOLERANCE * sub.scale()
+    max_iter = _ACTIVE_SET_STEPS * qp.matrix.shape[0]
+    x[rows], _, _ = active_set(sub, start, working, tolerance=PIVOTING_TOLERANCE, max_iter=max_iter)
+    return x
+
+
+def _rough_guess(qp: BoxQP, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A float32 guess of the solution and of its active set.
+
+    Float32 matrix products are about twice as fast; the float64 pivoting that follows starts
+    from this guess and usually only has to confirm it with one exact solve.
+    """
+    rough = BoxQP(qp.matrix.float(), qp.linear.float(), qp.lower.float())
+    x, active = _guess(rough, x.float(), _ROUGH_TOLERANCE)
+    m = qp.matrix.shape[0]
+    if m > _LONG_GUESS_MAX_SIZE:
+        try:
+            x, _, _ = block_pivoting(
+                rough, x, active, tolerance=_ROUGH_TOLERANCE, max_iter=_ROUGH_MAX_ITER + m // 4
+            )
+            active = x <= rough.lower  # x ≥ ℓ, with equality exactly on the active set
+        except RuntimeError:  # a float32 reduced system is not positive definite: keep FISTA's
+            pass
+    return x.to(qp.matrix), active
