@@ -325,8 +325,9 @@ class JDOptimizer(DelegatingOptimizer):
         """
         scale = _scale(self.scaler)
         if isinstance(self.aggregator, GramianWeightedAggregator):
-            gramian = sum_of_gramians(blocks)
-            weights = self._weights(gramian / scale**2 if scale != 1.0 else gramian, shape, engine)
+            # Unscaled before the products: scale² |J|² can overflow float32 when J cannot.
+            gramian = sum_of_gramians([b / scale for b in blocks] if scale != 1.0 else blocks)
+            weights = self._weights(gramian, shape, engine)
             if weights is not None:
                 weights = weights.reshape(-1)
                 return [weights.to(block.dtype) @ block for block in blocks]

@@ -263,3 +263,16 @@ def test_state_dict_hooks_run() -> None:
     assert state["tag"] == 1
     jd.load_state_dict(state)
     assert calls == ["save pre", 1, "load post"]
+
+
+def test_a_very_large_scale_does_not_overflow_the_gramian() -> None:
+    """Regression: scale² |J|² overflowed float32 although J did not, and the step was
+    skipped (full-Jacobian engine)."""
+    model = _model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**66)
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), scaler=scaler)
+    jd.backward(scaler.scale(_losses(model)))
+    scaler.step(jd)
+    scaler.update()
+    assert not jd.last_step.skipped
+    assert scaler.get_scale() == 2.0**66  # no overflow found
