@@ -118,7 +118,7 @@ class JDOptimizer(DelegatingOptimizer):
         outside = [p for p in engine.params if id(p) not in held]
         if outside:
             engine.close()
-            names = {id(p): n for n, p in _named_parameters(self.model)}
+            names = {id(p): n for m in modules_of(self.model) for n, p in m.named_parameters()}
             example = names.get(id(outside[0]), f"one of shape {tuple(outside[0].shape)}")
             raise ValueError(
                 f"`model` has {len(outside)} trainable parameter(s) that the optimizer does not "
@@ -390,11 +390,6 @@ def _scaling(scaler: torch.amp.GradScaler | None) -> bool:
 
 
 def _scale(scaler: torch.amp.GradScaler | None) -> float:
-    if scaler is None or not scaler.is_enabled():
+    if not _scaling(scaler):
         return 1.0
     return float(scaler.get_scale())
-
-
-def _named_parameters(model: nn.Module | Sequence[nn.Module]) -> list[tuple[str, Tensor]]:
-    modules = [model] if isinstance(model, nn.Module) else list(model)
-    return [(n, p) for m in modules for n, p in m.named_parameters()]

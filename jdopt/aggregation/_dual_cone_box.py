@@ -249,8 +249,8 @@ def _solve_reduced(
         # CG's residual is measured in the 2-norm, the slack coordinate-wise.
         tolerance = 0.3 * (slack if every else slack[rows])
         sub_x, exact = _solve_iterative(qp.matrix, sub_x, sub_linear, sub_free, tolerance, tight)
-        stalled = (~exact).nonzero().squeeze(1) if tight else exact[:0].nonzero().squeeze(1)
-        if stalled.numel() > 0:  # badly conditioned: solve those rows exactly
+        if tight and not bool(exact.all()):  # badly conditioned: solve those rows exactly
+            stalled = (~exact).nonzero().squeeze(1)
             padded = pad_with_identity(qp.matrix) if padded is None else padded
             sub_x[stalled] = solve_direct(
                 padded, sub_free[stalled], sub_linear[stalled], sub_x[stalled]

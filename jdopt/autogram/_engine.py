@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .._linalg import flatten_generalized
 from .._losses import as_losses
 from ..distributed._collectives import rank, world_size
 from ._checks import check_against_backward, check_modules, check_untracked_uses
@@ -196,7 +197,7 @@ class Engine:
             for t in use.outputs
         )  # autocast: the backward pass rounds differently
         gramian = self._compute(roots, layout, order, True)
-        flat = _flatten(gramian, losses.shape)
+        flat = flatten_generalized(gramian)
         try:
             self._verified = check_against_backward(
                 losses, self._params, flat, 5e-2 if half else 1e-3
@@ -547,14 +548,6 @@ def _sum(parts: list[Tensor]) -> Tensor:
     for part in parts[1:]:
         total += part  # parts are fresh tensors of the rules: adding in place is safe
     return total
-
-
-def _flatten(generalized: Tensor, shape: torch.Size) -> Tensor:
-    """The inverse of :func:`_generalize`."""
-    k, m = len(shape), math.prod(shape)
-    if k == 0:
-        return generalized.reshape(1, 1)
-    return generalized.permute(*range(k), *reversed(range(k, 2 * k))).reshape(m, m)
 
 
 def _generalize(gramian: Tensor, shape: torch.Size) -> Tensor:
