@@ -17,6 +17,9 @@ from torch import Tensor
 from ._dual_cone_active import active_set, unsolved
 from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
 from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
+from ._dual_cone_splitting import splitting
+
+_SPLITTING_MAX_SIZE, _SPLITTING_STEPS = 384, 80
 
 # FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
 # problems pivot cheaply. Beyond SMALL_MAX_SIZE, FISTA runs in float32: up to
@@ -41,9 +44,20 @@ _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
 
 def solve_box(qp: BoxQP, x: Tensor | None) -> Tensor:
     """Solves ``qp`` from the start ``x`` (or a cold start): guess, pivoting, sure finish."""
-    x = torch.clamp_min(qp.lower, 0) if x is None else x
     m = qp.matrix.shape[0]
     max_iter = _PIVOTING_STEPS + m // 2
+    if SMALL_MAX_SIZE < m <= _SPLITTING_MAX_SIZE:
+        x, solved = splitting(qp, x, tolerance=PIVOTING_TOLERANCE, max_iter=_SPLITTING_STEPS)
+        if bool(solved.all()):
+            return x
+        rows = (~solved).nonzero().squeeze(1)
+        sub = BoxQP(qp.matrix, qp.linear[rows], qp.lower[rows])
+        active = x[rows] <= sub.lower + _ROUGH_TOLERANCE * sub.scale()
+        x[rows], _, converged = block_pivoting(
+            sub, x[rows], active, tolerance=PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=0
+        )
+        return x if converged else _finish(qp, x)
+    x = torch.clamp_min(qp.lower, 0) if x is None else x
     if m <= SMALL_MAX_SIZE:
         x, active = _guess(qp, x, PIVOTING_TOLERANCE)
         x, _, converged = pivot_small(qp, active, tolerance=PIVOTING_TOLERANCE, max_iter=max_iter)

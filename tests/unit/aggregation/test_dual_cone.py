@@ -13,7 +13,12 @@ import torch
 from torch import Tensor
 
 from jdopt._linalg import normalize, regularize
-from jdopt.aggregation import _dual_cone_box, _dual_cone_linear, _dual_cone_pivot
+from jdopt.aggregation import (
+    _dual_cone_box,
+    _dual_cone_linear,
+    _dual_cone_pivot,
+    _dual_cone_splitting,
+)
 from jdopt.aggregation._dual_cone import SOLVERS, project_weights
 from jdopt.aggregation._dual_cone_box import (
     BoxQP,
@@ -23,6 +28,7 @@ from jdopt.aggregation._dual_cone_box import (
 )
 from jdopt.aggregation._dual_cone_linear import pad_with_identity, solve_cg, solve_direct
 from jdopt.aggregation._dual_cone_small import solve_masked
+from jdopt.aggregation._dual_cone_splitting import splitting
 
 F64 = torch.float64
 N = 60  # columns of the Jacobians
@@ -80,6 +86,11 @@ def make(family: Callable[[int, torch.Generator], Tensor], m: int, seed: int) ->
     return gramian_of(family(m, torch.Generator().manual_seed(seed)))
 
 
+def without_splitting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sends every size above SMALL_MAX_SIZE to the pivoting path, as if ADMM never ran."""
+    monkeypatch.setattr(_dual_cone_pivot, "_SPLITTING_MAX_SIZE", 0)
+
+
 def assert_kkt(weights: Tensor, preferences: Tensor, gramian: Tensor, tol: float = 1e-6) -> None:
     """Checks the KKT conditions, from their definition, relative to the solution's size."""
     size = weights.abs().amax(dim=1, keepdim=True)
@@ -119,8 +130,13 @@ def test_upgrad_problems_match_osqp(family: Callable) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("m", [70, 160])
-def test_larger_problems_satisfy_kkt(family: Callable, m: int) -> None:
-    """Sizes where the reduced systems are solved by CG, in the primal or the dual."""
+@pytest.mark.parametrize("admm", [True, False])
+def test_larger_problems_satisfy_kkt(
+    family: Callable, m: int, admm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sizes where ADMM solves, and where pivoting solves its reduced systems by CG."""
+    if not admm:
+        without_splitting(monkeypatch)
     gramian, preferences = make(family, m, 0), upgrad_preferences(m)
     assert_kkt(project_weights(preferences, gramian), preferences, gramian)
 
@@ -168,7 +184,7 @@ def test_warm_start_gives_the_same_answer(family: Callable, m: int) -> None:
     garbage = torch.randn(m, m, generator=torch.Generator().manual_seed(0), dtype=F64)
     for initial in [cold, project_weights(preferences, nearby), garbage, torch.zeros(m, m)]:
         warm = project_weights(preferences, gramian, initial=initial.to(F64))
-        assert_close_to(warm, cold, 1e-7)
+        assert_close_to(warm, cold, 1e-6)  # the same answer, to the solver's accuracy
 
 
 def test_float32_in_float32_out() -> None:
@@ -251,6 +267,7 @@ def _gives_up(qp, *_, **__):
 def test_the_active_set_method_finishes_what_pivoting_leaves(
     pivoting: str, m: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    without_splitting(monkeypatch)
     gramian, preferences = make(conflicting, m, 0), upgrad_preferences(m)
     reference = project_weights(preferences, gramian, solver="quadprog")
     monkeypatch.setattr(_dual_cone_pivot, pivoting, _gives_up)
@@ -263,6 +280,7 @@ def test_the_active_set_method_finishes_what_pivoting_leaves(
 def test_raises_instead_of_returning_inaccurate_weights(
     pivoting: str, m: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    without_splitting(monkeypatch)
     monkeypatch.setattr(_dual_cone_pivot, pivoting, _gives_up)
     monkeypatch.setattr(
         _dual_cone_pivot, "active_set", lambda qp, x, *_, **__: (x, x @ qp.matrix, None)
@@ -327,6 +345,7 @@ def test_a_wrong_float32_guess_only_costs_time(
     family: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The float64 pivoting decides: a useless float32 guess still gives the exact answer."""
+    without_splitting(monkeypatch)
     gramian, preferences = make(family, 160, 0), upgrad_preferences(160)
     expected = project_weights(preferences, gramian)
     monkeypatch.setattr(_dual_cone_pivot, "_rough_guess", lambda qp, x: (x, torch.ones_like(x) > 0))
@@ -337,6 +356,7 @@ def test_a_wrong_float32_guess_only_costs_time(
 
 def test_a_failing_float32_pivoting_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """A float32 reduced system that is not positive definite: the float64 pivoting takes over."""
+    without_splitting(monkeypatch)
     original = _dual_cone_pivot.block_pivoting
 
     def fails_in_float32(qp, x, active, **kwargs):
@@ -350,6 +370,7 @@ def test_a_failing_float32_pivoting_falls_back(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_stalled_refinement_falls_back_to_float64_cg(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_splitting(monkeypatch)
     monkeypatch.setattr(_dual_cone_linear, "_REFINEMENTS", 1)
     gramian, preferences = make(rand, 200, 0), upgrad_preferences(200)
     assert_kkt(project_weights(preferences, gramian), preferences, gramian)
@@ -431,6 +452,8 @@ def test_cg_reports_a_matrix_that_is_not_positive_definite() -> None:
 
 
 def test_rows_that_cg_cannot_solve_are_solved_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_splitting(monkeypatch)
+
     def never_converges(matrix, x, target, free, tolerance, tight):
         return x, torch.zeros(x.shape[0], dtype=torch.bool)
 
@@ -476,3 +499,66 @@ def test_a_row_that_stops_improving_is_left_to_the_sure_finish() -> None:
     assert stuck.tolist() == [True, False]
     assert swap.tolist() == [[False, False, False], [True, False, False]]
     assert best.tolist() == [1, 1]
+
+
+def _scaled_problem(family: Callable, m: int) -> tuple[BoxQP, Tensor, Tensor, Tensor]:
+    """UPGrad's problems for ``family`` as the solver poses them (Jacobi-scaled primal).
+
+    Returns the problem, the preferences, the Gramian and ``√diag(G)`` (``v = x / √diag``).
+    """
+    gramian, preferences = make(family, m, 0), upgrad_preferences(m)
+    root = gramian.diagonal().sqrt()
+    scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)
+    qp = BoxQP(scaled, torch.zeros_like(preferences), preferences * root)
+    return qp, preferences, gramian, root
+
+
+@pytest.mark.parametrize("family", [rand, low_rank, conflicting, scaled])
+def test_admm_alone_reaches_the_projection(family: Callable) -> None:
+    qp, preferences, gramian, root = _scaled_problem(family, 48)
+    x, solved = splitting(qp, None, tolerance=1e-10, max_iter=3000)
+    assert solved.all()
+    weights = x / root
+    assert_kkt(weights, preferences, gramian, tol=1e-8)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"), 1e-6)
+
+
+def test_admm_from_the_solution_stops_at_its_first_check() -> None:
+    qp, preferences, gramian, root = _scaled_problem(rand, 48)
+    exact = project_weights(preferences, gramian) * root
+    _, cold = splitting(qp, None, tolerance=1e-8, max_iter=10)
+    _, warm = splitting(qp, exact, tolerance=1e-8, max_iter=10)
+    assert not cold.any()
+    assert warm.all()
+
+
+def test_admm_adapts_a_bad_penalty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started 40 times too large, ρ is lowered (a new factorisation), and ADMM still solves."""
+    monkeypatch.setattr(_dual_cone_splitting, "_RHO", 20.0)
+    factorisations = []
+    real = _dual_cone_splitting._inverse
+    monkeypatch.setattr(
+        _dual_cone_splitting, "_inverse", lambda *a: factorisations.append(a[1]) or real(*a)
+    )
+    qp, preferences, gramian, root = _scaled_problem(rand, 48)
+    x, solved = splitting(qp, None, tolerance=1e-9, max_iter=2000)
+    assert min(factorisations) < 20.0
+    assert solved.all()
+    assert_close_to(x / root, project_weights(preferences, gramian, solver="quadprog"), 1e-6)
+
+
+def test_rows_admm_leaves_unsolved_are_finished_by_pivoting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gramian, preferences = make(conflicting, 48, 0), upgrad_preferences(48)
+    real = _dual_cone_pivot.splitting
+
+    def leaves_odd_rows(qp, x, **kwargs):
+        x, solved = real(qp, x, **kwargs)
+        odd = torch.arange(len(x)) % 2 == 1
+        return torch.where(odd.unsqueeze(1), qp.lower.clamp_min(0), x), solved & ~odd
+
+    monkeypatch.setattr(_dual_cone_pivot, "splitting", leaves_odd_rows)
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))

@@ -1,0 +1,154 @@
+"""Operator splitting (ADMM) for the box-constrained QPs of :mod:`._dual_cone_box`.
+
+For ``min ½ xᵀMx − bᵀx  s.t.  x ≥ ℓ`` split as ``f(x) = ½ xᵀMx − bᵀx`` plus the indicator of the
+box on a copy ``z = x``, over-relaxed ADMM in its Douglas–Rachford form iterates on one variable
+``s``::
+
+    z = max(s, ℓ)                          (projection onto the box)
+    x = (b + ρ (2z − s)) (M + ρI)⁻¹         (proximal step of f)
+    s = s + α (x − z)
+
+All ``k`` problems share ``M``, so ``(M + ρI)⁻¹`` is computed once (one ``m × m`` Cholesky).
+In ``t = s − ℓ`` (``z = ℓ + max(t, 0)``, ``2z − s = ℓ + |t|``) a step is three operations::
+
+    t ← (1 − α/2) t + α (c − ℓ) + |t| · α (ρ (M + ρI)⁻¹ − I/2),   c = (ρℓ + b)(M + ρI)⁻¹
+
+Unlike projected gradient methods, whose speed follows the condition number of the whole
+``M``, ADMM with a well-chosen ``ρ`` converges at the speed of the reduced problem on the free
+coordinates, which is much better conditioned on UPGrad's Gramians: tens of steps to a KKT
+residual of 1e-8. ``ρ`` follows the balance of the primal and dual residuals (OSQP's rule),
+the factorisation redone when it asks for a change by more than ``_RHO_CHANGE``; ``t`` is
+rescaled so that the multipliers ``ν = ρ (z − s)`` carry over.
+
+Rows are checked every ``_CHECK_PERIOD`` steps against the KKT conditions at ``z`` (which is
+feasible). A float64 problem first runs in float32 (products twice as fast) until that
+precision stops helping; the caller finishes the rows that do not converge by pivoting.
+
+Boyd, Parikh, Chu, Peleato & Eckstein, *Distributed optimization and statistical learning via
+the alternating direction method of multipliers*, 2011 (§3.4.1, over-relaxation and varying
+penalty); Stellato et al., *OSQP: an operator splitting solver for quadratic programs*, 2020.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._dual_cone_box import BoxQP
+
+# The starting penalty for a unit-diagonal M, and the over-relaxation.
+_RHO, _RELAXATION = 0.5, 1.8
+# KKT check every _CHECK_PERIOD steps; penalty update at every other check, when the
+# residuals ask for a change by more than a factor _RHO_CHANGE.
+_CHECK_PERIOD, _RHO_CHANGE = 10, 2.0
+# ... within this factor of _RHO.
+_RHO_RANGE = 20.0
+# From a cold start, no row converges in fewer steps than this: the first check.
+_FIRST_CHECK = 20
+# The float32 phase stops at this relative KKT residual.
+_ROUGH_TOLERANCE = 1e-6
+# ... and goes on in float64 when it has solved this fraction of the rows.
+_ENOUGH = 0.75
+
+
+def splitting(
+    qp: BoxQP, x: Tensor | None, *, tolerance: float, max_iter: int
+) -> tuple[Tensor, Tensor]:
+    """Runs ADMM on ``qp`` from ``x`` (or a cold start) until every row meets the KKT
+    conditions to ``tolerance`` (relative to :meth:`BoxQP.scale`) or the steps run out.
+
+    A float64 ``qp`` runs at most ``max_iter`` float32 steps, then (when they solved most rows
+    to ``_ROUGH_TOLERANCE``) at most ``max_iter // 2`` float64 ones.
+
+    Returns ``(z, solved)``: the feasible iterate ``z ≥ ℓ`` and ``[k]`` which rows meet the
+    conditions.
+    """
+    rho, lower = _RHO, qp.lower
+    first = _FIRST_CHECK if x is None else _CHECK_PERIOD
+    if x is None:
+        t = (-lower).clamp_min(0)  # z = max(ℓ, 0), no multipliers
+    else:
+        # Warm start: the multipliers ν = max(Mz − b, 0) of the bounds the start sits on.
+        z = torch.maximum(x, lower)
+        on_bound = z <= lower + tolerance * qp.scale()
+        t = (z - lower) - (z @ qp.matrix - qp.linear).clamp_min_(0).mul_(on_bound) / rho
+    inverse = _inverse(qp.matrix, rho)
+    if qp.matrix.dtype == torch.float64:
+        rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
+        t, changed, solved = _run(
+            rough, t.float(), rho, inverse.float(), _ROUGH_TOLERANCE, max_iter, first
+        )
+        t = t.double()
+        if int(solved.sum()) < _ENOUGH * len(solved):  # slow: pivoting will do better
+            return lower + t.clamp_min(0), torch.zeros_like(solved)
+        if changed != rho:
+            rho, inverse = changed, _inverse(qp.matrix, changed)
+        max_iter, first = max_iter // 2, _CHECK_PERIOD
+    t, _, solved = _run(qp, t, rho, inverse, tolerance, max_iter, first)
+    return lower + t.clamp_min(0), solved
+
+
+def _run(
+    qp: BoxQP,
+    t: Tensor,
+    rho: float,
+    inverse: Tensor,
+    tolerance: float,
+    max_iter: int,
+    first_check: int,
+) -> tuple[Tensor, float, Tensor]:
+    """ADMM steps in the dtype of ``qp``, with ``inverse = (M + ρI)⁻¹``, checked from step
+    ``first_check`` on; returns ``(t, ρ, solved rows)``."""
+    matrix, linear, lower = qp.matrix, qp.linear, qp.lower
+    slack = tolerance * qp.scale()
+    weight, bias = _step(qp, rho, inverse)
+    magnitude, base = torch.empty_like(t), torch.empty_like(t)
+    solved = torch.zeros(len(t), dtype=torch.bool, device=t.device)
+    checks = 0
+    gradient_at_lower = lower @ matrix - linear
+    for step in range(1, max_iter + 1):
+        checking = (step >= first_check and step % _CHECK_PERIOD == 0) or step == max_iter
+        adapting = checking and checks % 2 == 1
+        previous = t.clone() if adapting else None
+        torch.abs(t, out=magnitude)
+        torch.add(bias, t, alpha=1 - _RELAXATION / 2, out=base)
+        torch.addmm(base, magnitude, weight, out=t)
+        if not checking:
+            continue
+        checks += 1
+        excess = t.clamp_min(0)  # z − ℓ
+        gradient = torch.addmm(gradient_at_lower, excess, matrix)
+        # g ≥ 0 everywhere, and g = 0 off the bounds.
+        solved = (gradient.amin(dim=1, keepdim=True) >= -slack) & (
+            (gradient * (excess > slack)).abs_().amax(dim=1, keepdim=True) <= slack
+        )
+        solved = solved.squeeze(1)
+        if bool(solved.all()):
+            break
+        if previous is not None:
+            # Relative primal residual ‖x − z‖ and dual residual ‖Mz − b − ν‖, ν = ρ(z − s).
+            multipliers = (t - excess).mul_(-rho)
+            primal = float((t - previous).norm()) / _RELAXATION
+            primal /= max(float((lower + excess).norm()), 1e-300)
+            dual = float((gradient - multipliers).norm())
+            dual /= max(float(gradient.norm() + linear.norm()), float(multipliers.norm()), 1e-300)
+            ratio = (primal / max(dual, 1e-300)) ** 0.5
+            new_rho = min(max(rho * ratio, _RHO / _RHO_RANGE), _RHO * _RHO_RANGE)
+            if not rho / _RHO_CHANGE <= new_rho <= rho * _RHO_CHANGE:
+                t = excess + (t - excess) * (rho / new_rho)  # keeps ν
+                rho = new_rho
+                weight, bias = _step(qp, rho, _inverse(matrix, rho))
+    return t, rho, solved
+
+
+def _inverse(matrix: Tensor, rho: float) -> Tensor:
+    """``(M + ρI)⁻¹``."""
+    identity = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    return torch.cholesky_inverse(torch.linalg.cholesky(matrix + rho * identity))
+
+
+def _step(qp: BoxQP, rho: float, inverse: Tensor) -> tuple[Tensor, Tensor]:
+    """The matrix ``α (ρ (M + ρI)⁻¹ − I/2)`` and the bias ``α (c − ℓ)`` of a step."""
+    identity = torch.eye(inverse.shape[0], dtype=inverse.dtype, device=inverse.device)
+    bias = (rho * qp.lower + qp.linear) @ inverse - qp.lower
+    return (inverse * rho - identity / 2) * _RELAXATION, bias * _RELAXATION
