@@ -64,14 +64,11 @@ def splitting(
     conditions.
     """
     rho, lower = _RHO, qp.lower
+    # From x (or max(ℓ, 0)), with the multipliers ν = max(Mz − b, 0) of the bounds it sits on.
     first = _FIRST_CHECK if x is None else _CHECK_PERIOD
-    if x is None:
-        t = (-lower).clamp_min(0)  # z = max(ℓ, 0), no multipliers
-    else:
-        # Warm start: the multipliers ν = max(Mz − b, 0) of the bounds the start sits on.
-        z = torch.maximum(x, lower)
-        on_bound = z <= lower + tolerance * qp.scale()
-        t = (z - lower) - (z @ qp.matrix - qp.linear).clamp_min_(0).mul_(on_bound) / rho
+    z = lower.clamp_min(0) if x is None else torch.maximum(x, lower)
+    on_bound = z <= lower + tolerance * qp.scale()
+    t = (z - lower) - (z @ qp.matrix - qp.linear).clamp_min_(0).mul_(on_bound) / rho
     inverse = _inverse(qp.matrix, rho)
     if qp.matrix.dtype == torch.float64:
         rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
@@ -83,7 +80,11 @@ def splitting(
             return lower + t.clamp_min(0), torch.zeros_like(solved)
         if changed != rho:
             rho, inverse = changed, _inverse(qp.matrix, changed)
-        max_iter, first = max_iter // 2, _CHECK_PERIOD
+        # Float64 polishes what float32 found: checked more often, with the same penalty.
+        t, _, solved = _run(
+            qp, t, rho, inverse, tolerance, max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2, False
+        )
+        return lower + t.clamp_min(0), solved
     t, _, solved = _run(qp, t, rho, inverse, tolerance, max_iter, first)
     return lower + t.clamp_min(0), solved
 
@@ -96,19 +97,27 @@ def _run(
     tolerance: float,
     max_iter: int,
     first_check: int,
+    period: int = _CHECK_PERIOD,
+    adapt: bool = True,
 ) -> tuple[Tensor, float, Tensor]:
-    """ADMM steps in the dtype of ``qp``, with ``inverse = (M + ρI)⁻¹``, checked from step
-    ``first_check`` on; returns ``(t, ρ, solved rows)``."""
-    matrix, linear, lower = qp.matrix, qp.linear, qp.lower
-    slack = tolerance * qp.scale()
-    weight, bias = _step(qp, rho, inverse)
+    """ADMM steps in the dtype of ``qp``, with ``inverse = (M + ρI)⁻¹``, checked at step
+    ``first_check`` and every ``period`` steps after it, adapting ``ρ`` at every other check
+    if ``adapt``; returns ``(t, ρ, solved rows)``.
+
+    Once half the rows of the batch are solved, they leave it: the last, slow rows then cost
+    little per step.
+    """
+    result, solved = t, torch.zeros(len(t), dtype=torch.bool, device=t.device)
+    rows = torch.arange(len(t), device=t.device)
+    sub, t = qp, t.clone()
+    weight, bias = _step(sub, rho, inverse)
+    slack = tolerance * sub.scale()
+    gradient_at_lower = sub.lower @ sub.matrix - sub.linear
     magnitude, base = torch.empty_like(t), torch.empty_like(t)
-    solved = torch.zeros(len(t), dtype=torch.bool, device=t.device)
     checks = 0
-    gradient_at_lower = lower @ matrix - linear
     for step in range(1, max_iter + 1):
-        checking = (step >= first_check and step % _CHECK_PERIOD == 0) or step == max_iter
-        adapting = checking and checks % 2 == 1
+        checking = (step >= first_check and (step - first_check) % period == 0) or step == max_iter
+        adapting = adapt and checking and checks % 2 == 1
         previous = t.clone() if adapting else None
         torch.abs(t, out=magnitude)
         torch.add(bias, t, alpha=1 - _RELAXATION / 2, out=base)
@@ -117,38 +126,70 @@ def _run(
             continue
         checks += 1
         excess = t.clamp_min(0)  # z − ℓ
-        gradient = torch.addmm(gradient_at_lower, excess, matrix)
+        gradient = torch.addmm(gradient_at_lower, excess, sub.matrix)
         # g ≥ 0 everywhere, and g = 0 off the bounds.
-        solved = (gradient.amin(dim=1, keepdim=True) >= -slack) & (
+        done = (gradient.amin(dim=1, keepdim=True) >= -slack) & (
             (gradient * (excess > slack)).abs_().amax(dim=1, keepdim=True) <= slack
         )
-        solved = solved.squeeze(1)
-        if bool(solved.all()):
+        done = done.squeeze(1)
+        solved[rows] = done
+        count = int(done.sum())
+        if count == len(done):
             break
         if previous is not None:
-            # Relative primal residual ‖x − z‖ and dual residual ‖Mz − b − ν‖, ν = ρ(z − s).
-            multipliers = (t - excess).mul_(-rho)
-            primal = float((t - previous).norm()) / _RELAXATION
-            primal /= max(float((lower + excess).norm()), 1e-300)
-            dual = float((gradient - multipliers).norm())
-            dual /= max(float(gradient.norm() + linear.norm()), float(multipliers.norm()), 1e-300)
-            ratio = (primal / max(dual, 1e-300)) ** 0.5
-            new_rho = min(max(rho * ratio, _RHO / _RHO_RANGE), _RHO * _RHO_RANGE)
-            if not rho / _RHO_CHANGE <= new_rho <= rho * _RHO_CHANGE:
-                t = excess + (t - excess) * (rho / new_rho)  # keeps ν
-                rho = new_rho
-                weight, bias = _step(qp, rho, _inverse(matrix, rho))
-    return t, rho, solved
+            rho, weight, bias, t = _adapt(sub, rho, t, previous, excess, gradient, weight, bias)
+        if 2 * count >= len(done):  # the solved rows leave the batch
+            result[rows[done]] = t[done]
+            keep = (~done).nonzero().squeeze(1)
+            rows, t, bias, slack = rows[keep], t[keep], bias[keep], slack[keep]
+            gradient_at_lower = gradient_at_lower[keep]
+            sub = BoxQP(sub.matrix, sub.linear[keep], sub.lower[keep])
+            magnitude, base = torch.empty_like(t), torch.empty_like(t)
+    result[rows] = t
+    return result, rho, solved
+
+
+def _adapt(
+    qp: BoxQP,
+    rho: float,
+    t: Tensor,
+    previous: Tensor,
+    excess: Tensor,
+    gradient: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+) -> tuple[float, Tensor, Tensor, Tensor]:
+    """OSQP's penalty update: ``ρ √(primal / dual)`` of the relative residuals, within
+    ``_RHO_RANGE`` of ``_RHO``, applied when it changes ``ρ`` by more than ``_RHO_CHANGE``.
+
+    The primal residual is ``x − z = (t − previous) / α``, the dual one ``Mz − b − ν`` with the
+    multipliers ``ν = ρ (z − s)``. Returns ``(ρ, weight, bias, t)``, ``t`` rescaled to keep ``ν``.
+    """
+    multipliers = (t - excess).mul_(-rho)
+    primal = float((t - previous).norm()) / _RELAXATION
+    primal /= max(float((qp.lower + excess).norm()), 1e-300)
+    dual = float((gradient - multipliers).norm())
+    dual /= max(float(gradient.norm() + qp.linear.norm()), float(multipliers.norm()), 1e-300)
+    ratio = (primal / max(dual, 1e-300)) ** 0.5
+    new_rho = min(max(rho * ratio, _RHO / _RHO_RANGE), _RHO * _RHO_RANGE)
+    if rho / _RHO_CHANGE <= new_rho <= rho * _RHO_CHANGE:
+        return rho, weight, bias, t
+    weight, bias = _step(qp, new_rho, _inverse(qp.matrix, new_rho))
+    return new_rho, weight, bias, excess + (t - excess) * (rho / new_rho)
 
 
 def _inverse(matrix: Tensor, rho: float) -> Tensor:
     """``(M + ρI)⁻¹``."""
-    identity = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
-    return torch.cholesky_inverse(torch.linalg.cholesky(matrix + rho * identity))
+    shifted = matrix.clone()
+    shifted.diagonal().add_(rho)
+    return torch.cholesky_inverse(torch.linalg.cholesky(shifted))
 
 
 def _step(qp: BoxQP, rho: float, inverse: Tensor) -> tuple[Tensor, Tensor]:
     """The matrix ``α (ρ (M + ρI)⁻¹ − I/2)`` and the bias ``α (c − ℓ)`` of a step."""
-    identity = torch.eye(inverse.shape[0], dtype=inverse.dtype, device=inverse.device)
-    bias = (rho * qp.lower + qp.linear) @ inverse - qp.lower
-    return (inverse * rho - identity / 2) * _RELAXATION, bias * _RELAXATION
+    weight = inverse * (rho * _RELAXATION)
+    weight.diagonal().sub_(_RELAXATION / 2)
+    # α (c − ℓ) = α ((ρℓ + b)(M + ρI)⁻¹ − ℓ)
+    source = qp.lower * rho if not bool(qp.linear.any()) else qp.lower * rho + qp.linear
+    bias = torch.addmm(qp.lower, source, inverse, beta=-_RELAXATION, alpha=_RELAXATION)
+    return weight, bias
