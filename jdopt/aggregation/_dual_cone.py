@@ -14,21 +14,24 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   a ridge (its free set lies in the large, flat part of ``G⁻¹``) unless the ridge is so small
   that ``G⁻¹`` would be inaccurate, the primal otherwise (and after all, when the dual's
   answer fails the final check);
-- FISTA to guess the active set, block principal pivoting to make it exact;
-- up to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
-  (:mod:`._dual_cone_small`);
-- beyond, mixed precision (float32 products are about twice as fast on CPU): float32 FISTA
-  (restarted, until its active set settles, up to ``m = _LONG_GUESS_MAX_SIZE``; briefly, then
-  a loose float32 pivoting, beyond) gives the active set; the float64 pivoting that follows
-  (:mod:`._dual_cone_box`) starts from it, usually confirms it in one or two steps, and solves
-  its reduced systems by batched Cholesky or by float32 CG corrections of float64 residuals
-  (iterative refinement, float64 CG for the rows where it stalls). Every decision that the
-  answer depends on is float64, so a wrong float32 guess only costs time;
+- for ``SMALL_MAX_SIZE < m ≤ 384`` (UPGrad's usual sizes), over-relaxed ADMM
+  (:mod:`._dual_cone_splitting`): all rows share one ``(M + ρI)⁻¹``, so a step is one matrix
+  product and two elementwise operations; float32 steps until the rows are solved to 1e-6,
+  then float64 ones to the final tolerance. It converges at the speed of the reduced problems,
+  in tens of steps, and rows it leaves go to pivoting;
+- otherwise (and for those rows), FISTA to guess the active set and block principal pivoting
+  to make it exact: up to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
+  (:mod:`._dual_cone_small`); beyond, mixed precision: a float32 guess, then a float64
+  pivoting (:mod:`._dual_cone_box`) that starts from it, usually confirms it in one or two
+  steps, and solves its reduced systems by batched Cholesky or by float32 CG corrections of
+  float64 residuals (iterative refinement). Every decision that the answer depends on is
+  float64, so a wrong float32 guess only costs time;
 - the rows that pivoting leaves unsolved (on badly conditioned problems rounding can make its
   swaps undo each other) are finished by the primal active-set method
   (:mod:`._dual_cone_active`): one coordinate per step, but it does not cycle;
-- a final check of the KKT conditions on the original problem, which raises rather than
-  return inaccurate (or NaN) weights.
+- a final check of the KKT conditions on the original problem. An answer that fails it is
+  solved again by pivoting alone (ADMM's tolerance is relative to the scaled problem), and if
+  that fails too the solver raises rather than return inaccurate (or NaN) weights.
 """
 
 from __future__ import annotations
@@ -129,14 +132,20 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
         )
     lower = preferences * root  # the bound on w = √diag(G) ⊙ v
     start = None if start is None else start * root
-    if _prefers_dual(scaled, factor):
+    dual = _prefers_dual(scaled, factor)
+    if dual:
         qp, x, unit = _dual(scaled, factor, lower, start)
         weights = torch.maximum(solve_box(qp, x) @ qp.matrix / unit / root, preferences)
         if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
             return weights
-        # G⁻¹ was not accurate enough (badly conditioned G): solve the primal problem instead.
     qp = BoxQP(scaled, torch.zeros_like(lower), lower)
-    weights = torch.maximum(solve_box(qp, start) / root, preferences)
+    if not dual:
+        weights = torch.maximum(solve_box(qp, start) / root, preferences)
+        if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
+            return weights
+    # G⁻¹ was not accurate enough (badly conditioned G), or ADMM's tolerance, relative to the
+    # scaled problem, was not enough here: the primal problem, by pivoting only.
+    weights = torch.maximum(solve_box(qp, start, splitting_first=False) / root, preferences)
     residual = _residual(weights, preferences, gramian)
     if not residual <= KKT_TOLERANCE:  # NaN too
         raise RuntimeError(

@@ -1,13 +1,13 @@
-"""The native solve of one batch of box-constrained QPs (:mod:`._dual_cone_box`): a guess,
-pivoting from it, and the sure finish of the rows pivoting leaves unsolved.
+"""The native solve of one batch of box-constrained QPs (:mod:`._dual_cone_box`).
 
-- up to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
-  (:mod:`._dual_cone_small`);
-- beyond, mixed precision (float32 products are about twice as fast on CPU): a float32 guess,
-  then a float64 pivoting that starts from it and usually confirms it in one or two steps;
+- for ``SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE``: ADMM (:mod:`._dual_cone_splitting`), then
+  block pivoting from its answer for the rows it leaves unsolved;
+- otherwise: a guess, pivoting from it: up to ``m = SMALL_MAX_SIZE``, all in float64, with
+  full-size masked solves (:mod:`._dual_cone_small`); beyond, mixed precision (float32
+  products are about twice as fast on CPU): a float32 guess, then a float64 pivoting that
+  starts from it and usually confirms it in one or two steps;
 - the rows that pivoting leaves unsolved go to the active-set method
-  (:mod:`._dual_cone_active`).
-"""
+  (:mod:`._dual_cone_active`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
 from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
 from ._dual_cone_splitting import splitting
 
+# ADMM first for SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE (beyond, its m³ products per step
+# cost more than pivoting's guess), with at most _SPLITTING_STEPS float32 steps (and half as
+# many float64 ones). See benchmarks/dual_cone.py.
 _SPLITTING_MAX_SIZE, _SPLITTING_STEPS = 384, 80
 
 # FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
@@ -42,11 +45,15 @@ _PIVOTING_STEPS, _ACTIVE_SET_STEPS = 30, 4
 _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
 
 
-def solve_box(qp: BoxQP, x: Tensor | None) -> Tensor:
-    """Solves ``qp`` from the start ``x`` (or a cold start): guess, pivoting, sure finish."""
+def solve_box(qp: BoxQP, x: Tensor | None, *, splitting_first: bool = True) -> Tensor:
+    """Solves ``qp`` from the start ``x`` (or a cold start).
+
+    For ``SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE`` (unless not ``splitting_first``), ADMM
+    first, pivoting for the rows it leaves; otherwise a guess, pivoting, and the sure finish.
+    """
     m = qp.matrix.shape[0]
     max_iter = _PIVOTING_STEPS + m // 2
-    if SMALL_MAX_SIZE < m <= _SPLITTING_MAX_SIZE:
+    if splitting_first and SMALL_MAX_SIZE < m <= _SPLITTING_MAX_SIZE:
         x, solved = splitting(qp, x, tolerance=PIVOTING_TOLERANCE, max_iter=_SPLITTING_STEPS)
         if bool(solved.all()):
             return x

@@ -562,3 +562,24 @@ def test_rows_admm_leaves_unsolved_are_finished_by_pivoting(
     weights = project_weights(preferences, gramian)
     assert_kkt(weights, preferences, gramian)
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+def test_an_admm_answer_that_fails_the_final_check_is_solved_again_by_pivoting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ADMM's tolerance is relative to the scaled problem; when its answer misses the final
+    check on the original one, the primal problem is solved again, by pivoting only."""
+    gramian, preferences = make(rand, 48, 0), upgrad_preferences(48)
+    real = _dual_cone_pivot.splitting
+    calls = []
+
+    def inaccurate(qp, x, **kwargs):
+        calls.append(1)
+        x, solved = real(qp, x, **kwargs)
+        return x * (1 + 1e-5), solved
+
+    monkeypatch.setattr(_dual_cone_pivot, "splitting", inaccurate)
+    weights = project_weights(preferences, gramian)
+    assert calls
+    assert_kkt(weights, preferences, gramian, tol=1e-9)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
