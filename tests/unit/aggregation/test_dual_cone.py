@@ -583,3 +583,15 @@ def test_an_admm_answer_that_fails_the_final_check_is_solved_again_by_pivoting(
     assert calls
     assert_kkt(weights, preferences, gramian, tol=1e-9)
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+def test_admm_that_float32_cannot_settle_hands_every_row_to_pivoting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_dual_cone_splitting, "_ROUGH_TOLERANCE", 0.0)  # out of float32's reach
+    qp, preferences, gramian, _ = _scaled_problem(low_rank, 48)
+    _, solved = splitting(qp, None, tolerance=1e-8, max_iter=40)
+    assert not solved.any()
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian, tol=1e-9)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
