@@ -83,16 +83,16 @@ def project_weights(
     if solver != "native":
         return project_weights_reference(preferences, gramian, solver)
     matrix = gramian.detach().to(torch.float64)
-    matrix = (matrix + matrix.T) / 2
+    matrix = (matrix + matrix.T).mul_(0.5)
     bounds = preferences.detach().to(matrix)
     start = None if initial is None else initial.detach().to(matrix)
     if bounds.numel() == 0:
         return bounds.to(gramian.dtype)
-    solvable = bounds.amax(dim=1) > 0
+    size = bounds.amax(dim=1, keepdim=True)
+    solvable = size.squeeze(1) > 0
     # Rows are scaled to max(u) = 1, a lower bound on ‖v*‖∞ (v* ≥ u), to which the final check
     # is relative: so are the solver's tolerances then (see BoxQP.scale).
     if bool(solvable.all()):  # the usual case: no row to leave out
-        size = bounds.amax(dim=1, keepdim=True)
         scaled_start = None if start is None else start / size
         return (_solve(matrix, bounds / size, scaled_start) * size).to(gramian.dtype)
     weights = torch.zeros_like(bounds)
@@ -111,11 +111,12 @@ def kkt_residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> Tenso
     relative to ``‖v‖∞`` and ``max diag(G)``.
     """
     size = weights.abs().amax(dim=1).clamp_min(torch.finfo(weights.dtype).tiny)
-    norm = gramian.diagonal().amax()
     product = weights @ gramian
-    primal = (preferences - weights).clamp_min(0).amax(dim=1) / size
-    dual = (-product).clamp_min(0).amax(dim=1) / (norm * size)
-    gap = (product * (weights - preferences)).abs().amax(dim=1) / (norm * size**2)
+    difference = weights - preferences
+    primal = difference.amin(dim=1).neg_().clamp_min_(0) / size
+    scale = gramian.diagonal().amax() * size
+    dual = product.amin(dim=1).neg_().clamp_min_(0) / scale
+    gap = (product * difference).abs_().amax(dim=1) / (scale * size)
     return torch.maximum(torch.maximum(primal, dual), gap)
 
 
@@ -190,7 +191,7 @@ def _prefers_dual(scaled: Tensor, factor: Tensor) -> bool:
     m = scaled.shape[0]
     if float(factor.diagonal().amin()) ** -2 > _DUAL_MAX_CONDITION:
         return False
-    return m * m < _DUAL_RANK_FRACTION * m * float(scaled.square().sum())
+    return m * m < _DUAL_RANK_FRACTION * m * float(torch.linalg.vector_norm(scaled)) ** 2
 
 
 def _check_shapes(preferences: Tensor, gramian: Tensor, initial: Tensor | None) -> None:

@@ -69,23 +69,24 @@ def splitting(
     z = lower.clamp_min(0) if x is None else torch.maximum(x, lower)
     on_bound = z <= lower + tolerance * qp.scale()
     t = (z - lower) - (z @ qp.matrix - qp.linear).clamp_min_(0).mul_(on_bound) / rho
-    inverse = _inverse(qp.matrix, rho)
+    step = _step(qp, rho, _inverse(qp.matrix, rho))
     if qp.matrix.dtype == torch.float64:
         rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
+        rough_step = (step[0].float(), step[1].float())
         t, changed, solved = _run(
-            rough, t.float(), rho, inverse.float(), _ROUGH_TOLERANCE, max_iter, first
+            rough, t.float(), rho, rough_step, _ROUGH_TOLERANCE, max_iter, first
         )
         t = t.double()
         if int(solved.sum()) < _ENOUGH * len(solved):  # slow: pivoting will do better
             return lower + t.clamp_min(0), torch.zeros_like(solved)
         if changed != rho:
-            rho, inverse = changed, _inverse(qp.matrix, changed)
+            rho, step = changed, _step(qp, changed, _inverse(qp.matrix, changed))
         # Float64 polishes what float32 found: checked more often, with the same penalty.
         t, _, solved = _run(
-            qp, t, rho, inverse, tolerance, max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2, False
+            qp, t, rho, step, tolerance, max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2, False
         )
         return lower + t.clamp_min(0), solved
-    t, _, solved = _run(qp, t, rho, inverse, tolerance, max_iter, first)
+    t, _, solved = _run(qp, t, rho, step, tolerance, max_iter, first)
     return lower + t.clamp_min(0), solved
 
 
@@ -93,14 +94,14 @@ def _run(
     qp: BoxQP,
     t: Tensor,
     rho: float,
-    inverse: Tensor,
+    step: tuple[Tensor, Tensor],
     tolerance: float,
     max_iter: int,
     first_check: int,
     period: int = _CHECK_PERIOD,
     adapt: bool = True,
 ) -> tuple[Tensor, float, Tensor]:
-    """ADMM steps in the dtype of ``qp``, with ``inverse = (M + ρI)⁻¹``, checked at step
+    """ADMM steps in the dtype of ``qp``, from :func:`_step`'s ``(weight, bias)``, checked at step
     ``first_check`` and every ``period`` steps after it, adapting ``ρ`` at every other check
     if ``adapt``; returns ``(t, ρ, solved rows)``.
 
@@ -110,13 +111,15 @@ def _run(
     result, solved = t, torch.zeros(len(t), dtype=torch.bool, device=t.device)
     rows = torch.arange(len(t), device=t.device)
     sub, t = qp, t.clone()
-    weight, bias = _step(sub, rho, inverse)
+    weight, bias = step
     slack = tolerance * sub.scale()
     gradient_at_lower = sub.lower @ sub.matrix - sub.linear
     magnitude, base = torch.empty_like(t), torch.empty_like(t)
     checks = 0
-    for step in range(1, max_iter + 1):
-        checking = (step >= first_check and (step - first_check) % period == 0) or step == max_iter
+    for iteration in range(1, max_iter + 1):
+        checking = (
+            iteration >= first_check and (iteration - first_check) % period == 0
+        ) or iteration == max_iter
         adapting = adapt and checking and checks % 2 == 1
         previous = t.clone() if adapting else None
         torch.abs(t, out=magnitude)
