@@ -59,25 +59,29 @@ def splitting(
     Returns ``(z, solved)``: the feasible iterate ``z ≥ ℓ`` and ``[k]`` which rows meet the
     conditions.
     """
-    lower = qp.lower
-    # From x (or max(ℓ, 0)), with the multipliers ν = max(Mz − b, 0) of the bounds it sits on.
-    first = _FIRST_CHECK if x is None else _CHECK_PERIOD
-    z = lower.clamp_min(0) if x is None else torch.maximum(x, lower)
-    on_bound = z <= lower + tolerance * qp.scale()
-    t = (z - lower) - (z @ qp.matrix - qp.linear).clamp_min_(0).mul_(on_bound) / _RHO
+    lower, first = qp.lower, _FIRST_CHECK if x is None else _CHECK_PERIOD
     step = _step(qp)
     if qp.matrix.dtype == torch.float64:
         rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
         rough_step = (step[0].float(), step[1].float())
-        t, solved = _run(rough, t.float(), rough_step, _ROUGH_TOLERANCE, max_iter, first)
+        t = _start(rough, None if x is None else x.float(), tolerance)
+        t, solved = _run(rough, t, rough_step, _ROUGH_TOLERANCE, max_iter, first)
         t = t.double()
         if int(solved.sum()) < _ENOUGH * len(solved):  # slow: pivoting will do better
             return lower + t.clamp_min(0), torch.zeros_like(solved)
         max_iter, first, period = max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2
     else:
-        period = _CHECK_PERIOD
+        t, period = _start(qp, x, tolerance), _CHECK_PERIOD
     t, solved = _run(qp, t, step, tolerance, max_iter, first, period)
     return lower + t.clamp_min(0), solved
+
+
+def _start(qp: BoxQP, x: Tensor | None, tolerance: float) -> Tensor:
+    """``t`` at ``x`` (or ``max(ℓ, 0)``), with the multipliers ``ν = max(Mz − b, 0)`` of the
+    bounds it sits on."""
+    z = qp.lower.clamp_min(0) if x is None else torch.maximum(x, qp.lower)
+    on_bound = z <= qp.lower + tolerance * qp.scale()
+    return (z - qp.lower) - (z @ qp.matrix - qp.linear).clamp_min_(0).mul_(on_bound) / _RHO
 
 
 def _run(
