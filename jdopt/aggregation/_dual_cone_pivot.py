@@ -17,7 +17,7 @@ from torch import Tensor
 from ._dual_cone_active import active_set, unsolved
 from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
 from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
-from ._dual_cone_splitting import splitting
+from ._dual_cone_splitting import RHO, splitting
 
 # ADMM first for SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE (measured up to m = 1024: faster
 # than the pivoting path from m = 32 on), with at most _SPLITTING_STEPS float32 steps (and half
@@ -45,16 +45,21 @@ _PIVOTING_STEPS, _ACTIVE_SET_STEPS = 30, 4
 _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
 
 
-def solve_box(qp: BoxQP, x: Tensor | None, *, splitting_first: bool = True) -> Tensor:
+def solve_box(
+    qp: BoxQP, x: Tensor | None, *, splitting_first: bool = True, penalty: float = RHO
+) -> Tensor:
     """Solves ``qp`` from the start ``x`` (or a cold start).
 
     For ``SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE`` (unless not ``splitting_first``), ADMM
-    first, pivoting for the rows it leaves; otherwise a guess, pivoting, and the sure finish.
+    first (with the penalty ``penalty``), pivoting for the rows it leaves; otherwise a guess,
+    pivoting, and the sure finish.
     """
     m = qp.matrix.shape[0]
     max_iter = _PIVOTING_STEPS + m // 2
     if splitting_first and SMALL_MAX_SIZE < m <= _SPLITTING_MAX_SIZE:
-        x, solved = splitting(qp, x, tolerance=PIVOTING_TOLERANCE, max_iter=_SPLITTING_STEPS)
+        x, solved = splitting(
+            qp, x, tolerance=PIVOTING_TOLERANCE, max_iter=_SPLITTING_STEPS, rho=penalty
+        )
         if bool(solved.all()):
             return x
         rows = (~solved).nonzero().squeeze(1)

@@ -35,9 +35,10 @@ from torch import Tensor
 
 from ._dual_cone_box import BoxQP
 
-# The penalty for a unit-diagonal M, and the over-relaxation: measured on UPGrad's Gramians
-# (full rank and low rank, m = 64–1024); OSQP's adaptive penalty lowered ρ where 0.5 was better.
-_RHO, _RELAXATION = 0.5, 1.8
+# The default penalty for a unit-diagonal M, and the over-relaxation: measured on UPGrad's
+# Gramians (full rank and low rank, m = 64–1024; OSQP's adaptive penalty lowered ρ where 0.5
+# was better). Callers may pass a better ρ (see _dual_cone._penalty).
+RHO, _RELAXATION = 0.5, 1.8
 # KKT check every _CHECK_PERIOD steps, from step _FIRST_CHECK on (from a cold start, no row
 # converges sooner; from a warm start, from step _CHECK_PERIOD on).
 _CHECK_PERIOD, _FIRST_CHECK = 10, 20
@@ -48,7 +49,7 @@ _ENOUGH = 0.75
 
 
 def splitting(
-    qp: BoxQP, x: Tensor | None, *, tolerance: float, max_iter: int
+    qp: BoxQP, x: Tensor | None, *, tolerance: float, max_iter: int, rho: float = RHO
 ) -> tuple[Tensor, Tensor]:
     """Runs ADMM on ``qp`` from ``x`` (or a cold start) until every row meets the KKT
     conditions to ``tolerance`` (relative to :meth:`BoxQP.scale`) or the steps run out.
@@ -57,31 +58,31 @@ def splitting(
     to ``_ROUGH_TOLERANCE``) at most ``max_iter // 2`` float64 ones, checked twice as often.
 
     Returns ``(z, solved)``: the feasible iterate ``z ≥ ℓ`` and ``[k]`` which rows meet the
-    conditions.
+    conditions. ``rho`` is the penalty ``ρ``.
     """
     lower, first = qp.lower, _FIRST_CHECK if x is None else _CHECK_PERIOD
-    step = _step(qp)
+    step = _step(qp, rho)
     if qp.matrix.dtype == torch.float64:
         rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
         rough_step = (step[0].float(), step[1].float())
-        t = _start(rough, None if x is None else x.float(), tolerance)
+        t = _start(rough, None if x is None else x.float(), tolerance, rho)
         t, solved = _run(rough, t, rough_step, _ROUGH_TOLERANCE, max_iter, first)
         t = t.double()
         if int(solved.sum()) < _ENOUGH * len(solved):  # slow: pivoting will do better
             return lower + t.clamp_min(0), torch.zeros_like(solved)
         max_iter, first, period = max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2
     else:
-        t, period = _start(qp, x, tolerance), _CHECK_PERIOD
+        t, period = _start(qp, x, tolerance, rho), _CHECK_PERIOD
     t, solved = _run(qp, t, step, tolerance, max_iter, first, period)
     return lower + t.clamp_min(0), solved
 
 
-def _start(qp: BoxQP, x: Tensor | None, tolerance: float) -> Tensor:
+def _start(qp: BoxQP, x: Tensor | None, tolerance: float, rho: float) -> Tensor:
     """``t`` at ``x`` (or ``max(ℓ, 0)``), with the multipliers ``ν = max(Mz − b, 0)`` of the
     bounds it sits on."""
     z = qp.lower.clamp_min(0) if x is None else torch.maximum(x, qp.lower)
     on_bound = z <= qp.lower + tolerance * qp.scale()
-    return (z - qp.lower) - (z @ qp.matrix - qp.linear).clamp_min_(0).mul_(on_bound) / _RHO
+    return (z - qp.lower) - (z @ qp.matrix - qp.linear).clamp_min_(0).mul_(on_bound) / rho
 
 
 def _run(
@@ -136,14 +137,14 @@ def _run(
     return result, solved
 
 
-def _step(qp: BoxQP) -> tuple[Tensor, Tensor]:
+def _step(qp: BoxQP, rho: float) -> tuple[Tensor, Tensor]:
     """The matrix ``α (ρ (M + ρI)⁻¹ − I/2)`` and the bias ``α (c − ℓ)`` of a step."""
     shifted = qp.matrix.clone()
-    shifted.diagonal().add_(_RHO)
+    shifted.diagonal().add_(rho)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(shifted))
-    weight = inverse * (_RHO * _RELAXATION)
+    weight = inverse * (rho * _RELAXATION)
     weight.diagonal().sub_(_RELAXATION / 2)
     # α (c − ℓ) = α ((ρℓ + b)(M + ρI)⁻¹ − ℓ)
-    source = qp.lower * _RHO if not bool(qp.linear.any()) else qp.lower * _RHO + qp.linear
+    source = qp.lower * rho if not bool(qp.linear.any()) else qp.lower * rho + qp.linear
     bias = torch.addmm(qp.lower, source, inverse, beta=-_RELAXATION, alpha=_RELAXATION)
     return weight, bias

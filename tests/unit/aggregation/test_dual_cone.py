@@ -14,6 +14,7 @@ from torch import Tensor
 
 from jdopt._linalg import normalize, regularize
 from jdopt.aggregation import (
+    _dual_cone,
     _dual_cone_box,
     _dual_cone_linear,
     _dual_cone_pivot,
@@ -581,3 +582,15 @@ def test_admm_that_float32_cannot_settle_hands_every_row_to_pivoting(
     weights = project_weights(preferences, gramian)
     assert_kkt(weights, preferences, gramian, tol=1e-9)
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+@pytest.mark.parametrize("a", [0.0, 0.6, 0.999])
+def test_admm_penalty_is_the_mean_squared_cholesky_pivot(a: float) -> None:
+    """For [[1, a], [a, 1]] the squared pivots are 1 and 1 − a²: their mean is 1 − a²/2."""
+    matrix = torch.tensor([[1.0, a], [a, 1.0]], dtype=F64)
+    assert _dual_cone._penalty(torch.linalg.cholesky(matrix)) == pytest.approx(1 - a**2 / 2)
+
+
+def test_admm_penalty_is_clamped() -> None:
+    tiny = torch.diag(torch.tensor([1e-6, 1e-6, 1e-6], dtype=F64))
+    assert _dual_cone._penalty(tiny) == 0.1
