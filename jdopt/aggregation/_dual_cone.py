@@ -67,7 +67,8 @@ def project_weights(
         solver: ``"native"`` (default, batched, on the Gramian's device), or ``"quadprog"`` /
             ``"osqp"`` (the slow per-row reference, through ``qpsolvers``).
         initial: optional ``[k, m]`` warm start, e.g. the previous step's solution; it changes
-            the speed of the native solver, not its answer. Ignored by the reference solvers.
+            the speed of the native solver, and its answer only within the solver's accuracy
+            (about 1e-7, relative). Ignored by the reference solvers.
 
     Returns:
         ``[k, m]`` solutions ``v*``, on the device and dtype of ``gramian``.
