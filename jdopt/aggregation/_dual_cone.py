@@ -14,13 +14,14 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   a ridge (its free set lies in the large, flat part of ``G⁻¹``) unless the ridge is so small
   that ``G⁻¹`` would be inaccurate, the primal otherwise (and after all, when the dual's
   answer fails the final check);
-- for ``SMALL_MAX_SIZE < m ≤ 384`` (UPGrad's usual sizes), over-relaxed ADMM
+- for ``m > SMALL_MAX_SIZE`` (up to 4096), over-relaxed ADMM first
   (:mod:`._dual_cone_splitting`): all rows share one ``(M + ρI)⁻¹``, so a step is one matrix
   product and two elementwise operations; float32 steps until the rows are solved to 1e-6,
   then float64 ones to the final tolerance. It converges at the speed of the reduced problems,
-  in tens of steps, and rows it leaves go to pivoting;
-- otherwise (and for those rows), FISTA to guess the active set and block principal pivoting
-  to make it exact: up to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
+  in tens of steps; block pivoting (below) finishes the rows it leaves, from its answer, and
+  takes all of them when float32 solves fewer than three quarters;
+- otherwise, FISTA to guess the active set and block principal pivoting to make it exact: up
+  to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
   (:mod:`._dual_cone_small`); beyond, mixed precision: a float32 guess, then a float64
   pivoting (:mod:`._dual_cone_box`) that starts from it, usually confirms it in one or two
   steps, and solves its reduced systems by batched Cholesky or by float32 CG corrections of
@@ -29,9 +30,10 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
 - the rows that pivoting leaves unsolved (on badly conditioned problems rounding can make its
   swaps undo each other) are finished by the primal active-set method
   (:mod:`._dual_cone_active`): one coordinate per step, but it does not cycle;
-- a final check of the KKT conditions on the original problem. An answer that fails it is
-  solved again by pivoting alone (ADMM's tolerance is relative to the scaled problem), and if
-  that fails too the solver raises rather than return inaccurate (or NaN) weights.
+- a final check of the KKT conditions on the original problem. An answer of ADMM that fails it
+  is solved again by pivoting alone (ADMM's tolerance is relative to the scaled problem): the
+  same problem first, then the primal one; if that fails too the solver raises rather than
+  return inaccurate (or NaN) weights.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from torch import Tensor
 
 from ._checks import check_choice
 from ._dual_cone_box import BoxQP
-from ._dual_cone_pivot import PIVOTING_TOLERANCE, solve_box
+from ._dual_cone_pivot import PIVOTING_TOLERANCE, solve_box, splits
 from ._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
 
 SOLVERS = ("native", *REFERENCE_SOLVERS)
@@ -67,8 +69,9 @@ def project_weights(
         solver: ``"native"`` (default, batched, on the Gramian's device), or ``"quadprog"`` /
             ``"osqp"`` (the slow per-row reference, through ``qpsolvers``).
         initial: optional ``[k, m]`` warm start, e.g. the previous step's solution; it changes
-            the speed of the native solver, and its answer only within the solver's accuracy
-            (about 1e-7, relative). Ignored by the reference solvers.
+            the speed of the native solver, and its answer only within the solver's tolerance
+            (weights within about 1e-7, relative, unless a tiny ridge leaves them
+            ill-determined). Ignored by the reference solvers.
 
     Returns:
         ``[k, m]`` solutions ``v*``, on the device and dtype of ``gramian``.
@@ -134,19 +137,23 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
         )
     lower = preferences * root  # the bound on w = √diag(G) ⊙ v
     start = None if start is None else start * root
-    dual = _prefers_dual(scaled, factor)
-    if dual:
+    # ADMM's tolerance is relative to the scaled problem: an answer of ADMM that misses the final
+    # check is solved again by pivoting alone (which otherwise only finishes what ADMM leaves).
+    admm = splits(len(scaled))
+    if _prefers_dual(scaled, factor):
         qp, x, unit = _dual(scaled, factor, lower, start)
-        weights = torch.maximum(solve_box(qp, x) @ qp.matrix / unit / root, preferences)
-        if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
-            return weights
+        for splitting_first in (True, False)[not admm :]:
+            solution = solve_box(qp, x, splitting_first=splitting_first)
+            weights = torch.maximum(solution @ qp.matrix / unit / root, preferences)
+            if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
+                return weights
+        admm = False  # G⁻¹ was not accurate enough (badly conditioned G): the primal, pivoting
     qp = BoxQP(scaled, torch.zeros_like(lower), lower)
-    if not dual:
-        weights = torch.maximum(solve_box(qp, start, penalty=_penalty(factor)) / root, preferences)
+    if admm:
+        solution = solve_box(qp, start, penalty=_penalty(factor))
+        weights = torch.maximum(solution / root, preferences)
         if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
             return weights
-    # G⁻¹ was not accurate enough (badly conditioned G), or ADMM's tolerance, relative to the
-    # scaled problem, was not enough here: the primal problem, by pivoting only.
     weights = torch.maximum(solve_box(qp, start, splitting_first=False) / root, preferences)
     residual = _residual(weights, preferences, gramian)
     if not residual <= KKT_TOLERANCE:  # NaN too

@@ -19,9 +19,9 @@ from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
 from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
 from ._dual_cone_splitting import RHO, splitting
 
-# ADMM first for SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE (measured up to m = 1024: faster
-# than the pivoting path from m = 32 on), with at most _SPLITTING_STEPS float32 steps (and half
-# as many float64 ones). See benchmarks/dual_cone.py.
+# ADMM first for SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE (faster than the pivoting path on
+# UPGrad's Gramians, measured from m = 32 to m = 1024), with at most _SPLITTING_STEPS float32
+# steps (and half as many float64 ones). See benchmarks/dual_cone.py.
 _SPLITTING_MAX_SIZE, _SPLITTING_STEPS = 4096, 80
 
 # FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
@@ -45,6 +45,11 @@ _PIVOTING_STEPS, _ACTIVE_SET_STEPS = 30, 4
 _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
 
 
+def splits(m: int) -> bool:
+    """Whether :func:`solve_box` runs ADMM first on problems of size ``m``."""
+    return SMALL_MAX_SIZE < m <= _SPLITTING_MAX_SIZE
+
+
 def solve_box(
     qp: BoxQP, x: Tensor | None, *, splitting_first: bool = True, penalty: float = RHO
 ) -> Tensor:
@@ -56,7 +61,7 @@ def solve_box(
     """
     m = qp.matrix.shape[0]
     max_iter = _PIVOTING_STEPS + m // 2
-    if splitting_first and SMALL_MAX_SIZE < m <= _SPLITTING_MAX_SIZE:
+    if splitting_first and splits(m):
         x, solved = splitting(
             qp, x, tolerance=PIVOTING_TOLERANCE, max_iter=_SPLITTING_STEPS, rho=penalty
         )

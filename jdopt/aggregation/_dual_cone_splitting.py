@@ -18,10 +18,12 @@ Unlike projected gradient methods, whose speed follows the condition number of t
 coordinates, which is much better conditioned on UPGrad's Gramians: tens of steps to a KKT
 residual of 1e-8 with one fixed ``ρ`` (the Jacobi scaling gives ``M`` a unit diagonal).
 
-Rows are checked every ``_CHECK_PERIOD`` steps against the KKT conditions at ``z`` (which is
-feasible); solved rows leave the batch once they are half of it. A float64 problem first runs
-in float32 (products twice as fast) until its rows are solved to 1e-6, then in float64; the
-caller finishes the rows that do not converge by pivoting.
+Rows are checked against the KKT conditions at ``z`` (which is feasible) every
+``_CHECK_PERIOD`` steps (half as many in float64); solved rows leave the batch once they are
+half of it. A float64 problem first runs
+in float32 (products twice as fast) until its rows are solved to 1e-6, then in float64, unless
+float32 solved fewer than ``_ENOUGH`` of them (slow convergence: every row is then left to
+the caller); the caller finishes the rows that do not converge by pivoting.
 
 Boyd, Parikh, Chu, Peleato & Eckstein, *Distributed optimization and statistical learning via
 the alternating direction method of multipliers*, 2011 (§3.4.3, over-relaxation); Stellato
@@ -43,7 +45,7 @@ RHO, _RELAXATION = 0.5, 1.8
 # converges sooner; from a warm start, from step _CHECK_PERIOD on).
 _CHECK_PERIOD, _FIRST_CHECK = 10, 20
 # The float32 phase stops at this relative KKT residual ...
-_ROUGH_TOLERANCE = 1e-6
+_FLOAT32_TOLERANCE = 1e-6
 # ... and goes on in float64 when it has solved this fraction of the rows.
 _ENOUGH = 0.75
 
@@ -55,7 +57,7 @@ def splitting(
     conditions to ``tolerance`` (relative to :meth:`BoxQP.scale`) or the steps run out.
 
     A float64 ``qp`` runs at most ``max_iter`` float32 steps, then (when they solved most rows
-    to ``_ROUGH_TOLERANCE``) at most ``max_iter // 2`` float64 ones, checked twice as often.
+    to ``_FLOAT32_TOLERANCE``) at most ``max_iter // 2`` float64 ones, checked twice as often.
 
     Returns ``(z, solved)``: the feasible iterate ``z ≥ ℓ`` and ``[k]`` which rows meet the
     conditions. ``rho`` is the penalty ``ρ``.
@@ -66,7 +68,7 @@ def splitting(
         rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
         rough_step = (step[0].float(), step[1].float())
         t = _start(rough, None if x is None else x.float(), tolerance, rho)
-        t, solved = _run(rough, t, rough_step, _ROUGH_TOLERANCE, max_iter, first)
+        t, solved = _run(rough, t, rough_step, _FLOAT32_TOLERANCE, max_iter, first)
         t = t.double()
         if int(solved.sum()) < _ENOUGH * len(solved):  # slow: pivoting will do better
             return lower + t.clamp_min(0), torch.zeros_like(solved)
