@@ -1,6 +1,6 @@
 """The native solve of one batch of box-constrained QPs (:mod:`._dual_cone_box`).
 
-- for ``SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE``: ADMM (:mod:`._dual_cone_splitting`), then
+- for ``_SPLITTING_MIN_SIZE ≤ m ≤ _SPLITTING_MAX_SIZE``: ADMM (:mod:`._dual_cone_splitting`), then
   block pivoting from its answer for the rows it leaves unsolved;
 - otherwise: a guess, pivoting from it: up to ``m = SMALL_MAX_SIZE``, all in float64, with
   full-size masked solves (:mod:`._dual_cone_small`); beyond, mixed precision (float32
@@ -19,10 +19,11 @@ from ._dual_cone_box import BoxQP, accelerated_gradient, block_pivoting
 from ._dual_cone_small import SMALL_MAX_SIZE, pivot_small
 from ._dual_cone_splitting import RHO, splitting
 
-# ADMM first for SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE (faster than the pivoting path on
-# UPGrad's Gramians, measured from m = 32 to m = 1024), with at most _SPLITTING_STEPS float32
-# steps (and half as many float64 ones). See benchmarks/dual_cone.py.
-_SPLITTING_MAX_SIZE, _SPLITTING_STEPS = 4096, 80
+# ADMM first for _SPLITTING_MIN_SIZE ≤ m ≤ _SPLITTING_MAX_SIZE, with at most _SPLITTING_STEPS
+# float32 steps (and half as many float64 ones). On UPGrad's Gramians it is faster than the
+# pivoting path from m = 56 to m = 1024 (measured; 1.5–2.5× at m = 64–128); below, FISTA's
+# guess and a small batched Cholesky cost less. See benchmarks/dual_cone.py.
+_SPLITTING_MIN_SIZE, _SPLITTING_MAX_SIZE, _SPLITTING_STEPS = 56, 4096, 80
 
 # FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
 # problems pivot cheaply. Beyond SMALL_MAX_SIZE, FISTA runs in float32: up to
@@ -47,7 +48,7 @@ _ROUGH_TOLERANCE, _ROUGH_MAX_ITER = 1e-5, 20
 
 def splits(m: int) -> bool:
     """Whether :func:`solve_box` runs ADMM first on problems of size ``m``."""
-    return SMALL_MAX_SIZE < m <= _SPLITTING_MAX_SIZE
+    return _SPLITTING_MIN_SIZE <= m <= _SPLITTING_MAX_SIZE
 
 
 def solve_box(
@@ -55,7 +56,7 @@ def solve_box(
 ) -> Tensor:
     """Solves ``qp`` from the start ``x`` (or a cold start).
 
-    For ``SMALL_MAX_SIZE < m ≤ _SPLITTING_MAX_SIZE`` (unless not ``splitting_first``), ADMM
+    For ``_SPLITTING_MIN_SIZE ≤ m ≤ _SPLITTING_MAX_SIZE`` (unless not ``splitting_first``), ADMM
     first (with the penalty ``penalty``), pivoting for the rows it leaves; otherwise a guess,
     pivoting, and the sure finish.
     """

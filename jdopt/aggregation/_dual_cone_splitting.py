@@ -48,6 +48,9 @@ _CHECK_PERIOD, _FIRST_CHECK = 10, 20
 _FLOAT32_TOLERANCE = 1e-6
 # ... and goes on in float64 when it has solved this fraction of the rows.
 _ENOUGH = 0.75
+# Once one row in _FEW at most is left in a phase, it gets _PATIENCE more checks: slow rows
+# are left to pivoting.
+_FEW, _PATIENCE = 8, 2
 
 
 def splitting(
@@ -68,14 +71,32 @@ def splitting(
         rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
         rough_step = (step[0].float(), step[1].float())
         t = _start(rough, None if x is None else x.float(), tolerance, rho)
-        t, solved = _run(rough, t, rough_step, _FLOAT32_TOLERANCE, max_iter, first)
+        t, rough_solved = _run(rough, t, rough_step, _FLOAT32_TOLERANCE, max_iter, first)
         t = t.double()
-        if int(solved.sum()) < _ENOUGH * len(solved):  # slow: pivoting will do better
-            return lower + t.clamp_min(0), torch.zeros_like(solved)
-        max_iter, first, period = max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2
-    else:
-        t, period = _start(qp, x, tolerance, rho), _CHECK_PERIOD
-    t, solved = _run(qp, t, step, tolerance, max_iter, first, period)
+        solved = torch.zeros_like(rough_solved)
+        count = int(rough_solved.sum())
+        if count < _ENOUGH * len(solved):  # slow: pivoting will do better
+            return lower + t.clamp_min(0), solved
+        # The rows float32 left (slow ones) go to pivoting; the others on in float64.
+        rows = None if count == len(solved) else rough_solved.nonzero().squeeze(1)
+        if rows is not None:
+            qp = BoxQP(qp.matrix, qp.linear[rows], lower[rows])
+            step = (step[0], step[1][rows])
+        polished, polished_solved = _run(
+            qp,
+            t if rows is None else t[rows],
+            step,
+            tolerance,
+            max_iter // 2,
+            _CHECK_PERIOD,
+            _CHECK_PERIOD // 2,
+        )
+        if rows is None:
+            return lower + polished.clamp_min(0), polished_solved
+        t[rows], solved[rows] = polished, polished_solved
+        return lower + t.clamp_min(0), solved
+    t = _start(qp, x, tolerance, rho)
+    t, solved = _run(qp, t, step, tolerance, max_iter, first)
     return lower + t.clamp_min(0), solved
 
 
@@ -110,6 +131,7 @@ def _run(
     slack = tolerance * qp.scale()
     gradient_at_lower = qp.lower @ matrix - qp.linear
     magnitude, base = torch.empty_like(t), torch.empty_like(t)
+    patience = _PATIENCE
     for iteration in range(1, max_iter + 1):
         torch.abs(t, out=magnitude)
         torch.add(bias, t, alpha=1 - _RELAXATION / 2, out=base)
@@ -129,6 +151,10 @@ def _run(
         count = int(done.sum())
         if count == len(done):
             break
+        if len(done) * _FEW <= len(solved):
+            patience -= 1
+            if patience < 0:  # the last few rows converge slowly: pivoting finishes them
+                break
         if 2 * count >= len(done):  # the solved rows leave the batch
             result[rows[done]] = t[done]
             keep = (~done).nonzero().squeeze(1)
