@@ -103,9 +103,13 @@ def splitting(
 def _start(qp: BoxQP, x: Tensor | None, tolerance: float, rho: float) -> Tensor:
     """``t`` at ``x`` (or ``max(ℓ, 0)``), with the multipliers ``ν = max(Mz − b, 0)`` of the
     bounds it sits on."""
-    z = qp.lower.clamp_min(0) if x is None else torch.maximum(x, qp.lower)
-    on_bound = z <= qp.lower + tolerance * qp.scale()
-    return (z - qp.lower) - (z @ qp.matrix - qp.linear).clamp_min_(0).mul_(on_bound) / rho
+    if x is None:
+        z, on_bound = qp.lower.clamp_min(0), qp.lower >= 0
+    else:
+        z = torch.maximum(x, qp.lower)
+        on_bound = z <= qp.lower + tolerance * qp.scale()
+    gradient = torch.addmm(qp.linear, z, qp.matrix, beta=-1)  # Mz − b
+    return (z - qp.lower).sub_(gradient.clamp_min_(0).mul_(on_bound), alpha=1 / rho)
 
 
 def _run(
@@ -124,9 +128,10 @@ def _run(
     Once half the rows of the batch are solved, they leave it: the last, slow rows then cost
     little per step.
     """
+    # t is updated in place (result is t until rows leave the batch).
     result, solved = t, torch.zeros(len(t), dtype=torch.bool, device=t.device)
     rows = torch.arange(len(t), device=t.device)
-    weight, (bias, t) = step[0], (step[1], t.clone())
+    weight, bias = step
     matrix = qp.matrix
     slack = tolerance * qp.scale()
     gradient_at_lower = qp.lower @ matrix - qp.linear
@@ -156,12 +161,14 @@ def _run(
             if patience < 0:  # the last few rows converge slowly: pivoting finishes them
                 break
         if 2 * count >= len(done):  # the solved rows leave the batch
-            result[rows[done]] = t[done]
+            if t is not result:  # (while it is, the rows already hold their values)
+                result[rows[done]] = t[done]
             keep = (~done).nonzero().squeeze(1)
             rows, t, bias, slack = rows[keep], t[keep], bias[keep], slack[keep]
             gradient_at_lower = gradient_at_lower[keep]
             magnitude, base = torch.empty_like(t), torch.empty_like(t)
-    result[rows] = t
+    if t is not result:
+        result[rows] = t
     return result, solved
 
 
@@ -173,6 +180,7 @@ def _step(qp: BoxQP, rho: float) -> tuple[Tensor, Tensor]:
     weight = inverse * (rho * _RELAXATION)
     weight.diagonal().sub_(_RELAXATION / 2)
     # α (c − ℓ) = α ((ρℓ + b)(M + ρI)⁻¹ − ℓ)
-    source = qp.lower * rho if not bool(qp.linear.any()) else qp.lower * rho + qp.linear
-    bias = torch.addmm(qp.lower, source, inverse, beta=-_RELAXATION, alpha=_RELAXATION)
+    bias = torch.addmm(
+        qp.lower, qp.lower * rho + qp.linear, inverse, beta=-_RELAXATION, alpha=_RELAXATION
+    )
     return weight, bias
