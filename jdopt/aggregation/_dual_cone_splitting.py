@@ -133,26 +133,24 @@ def _run(
     rows = torch.arange(len(t), device=t.device)
     weight, bias = step
     matrix = qp.matrix
-    slack = tolerance * qp.scale()
+    slack = tolerance * qp.scale().squeeze(1)
     gradient_at_lower = qp.lower @ matrix - qp.linear
-    magnitude, base = torch.empty_like(t), torch.empty_like(t)
+    magnitude = torch.empty_like(t)
     patience = _PATIENCE
     for iteration in range(1, max_iter + 1):
+        # In place: an addmm into a separate output costs about 1.5 times an in-place one.
         torch.abs(t, out=magnitude)
-        torch.add(bias, t, alpha=1 - _RELAXATION / 2, out=base)
-        torch.addmm(base, magnitude, weight, out=t)
+        torch.add(bias, t, alpha=1 - _RELAXATION / 2, out=t)
+        t.addmm_(magnitude, weight)
         if iteration != max_iter and (
             iteration < first_check or (iteration - first_check) % period
         ):
             continue
-        excess = t.clamp_min(0)  # z − ℓ
-        gradient = torch.addmm(gradient_at_lower, excess, matrix)
+        excess = torch.clamp_min(t, 0, out=magnitude)  # z − ℓ
+        gradient = torch.clone(gradient_at_lower).addmm_(excess, matrix)
         # The conditions of _dual_cone_active.unsolved, in fewer operations (z ≥ ℓ holds here):
-        # g ≥ 0 everywhere, and g ≤ 0 (so g = 0) off the bounds.
-        done = (gradient.amin(dim=1, keepdim=True) >= -slack) & (
-            (gradient * (excess > slack)).amax(dim=1, keepdim=True) <= slack
-        )
-        done = done.squeeze(1)
+        # g ≥ 0 everywhere and g = 0 off the bounds, i.e. |min(z − ℓ, g)| ≤ slack.
+        done = torch.minimum(excess, gradient, out=gradient).abs_().amax(dim=1) <= slack
         solved[rows] = done
         count = int(done.sum())
         if count == len(done):
@@ -167,7 +165,7 @@ def _run(
             keep = (~done).nonzero().squeeze(1)
             rows, t, bias, slack = rows[keep], t[keep], bias[keep], slack[keep]
             gradient_at_lower = gradient_at_lower[keep]
-            magnitude, base = torch.empty_like(t), torch.empty_like(t)
+            magnitude = torch.empty_like(t)
     if t is not result:
         result[rows] = t
     return result, solved
