@@ -128,9 +128,9 @@ def _run(
     Once half the rows of the batch are solved, they leave it: the last, slow rows then cost
     little per step.
     """
-    # t is updated in place (result is t until rows leave the batch).
-    result, solved = t, torch.zeros(len(t), dtype=torch.bool, device=t.device)
-    rows = torch.arange(len(t), device=t.device)
+    # t is updated in place (result is t until rows leave the batch). Only solved rows leave
+    # it, so the rows still in it when the loop ends that the last check left are unsolved.
+    result, rows = t, None
     weight, bias = step
     matrix = qp.matrix
     slack = tolerance * qp.scale().squeeze(1)
@@ -151,23 +151,26 @@ def _run(
         # The conditions of _dual_cone_active.unsolved, in fewer operations (z ≥ ℓ holds here):
         # g ≥ 0 everywhere and g = 0 off the bounds, i.e. |min(z − ℓ, g)| ≤ slack.
         done = torch.minimum(excess, gradient, out=gradient).abs_().amax(dim=1) <= slack
-        solved[rows] = done
-        count = int(done.sum())
+        count = int(done.count_nonzero())
         if count == len(done):
             break
-        if len(done) * _FEW <= len(solved):
+        if len(done) * _FEW <= len(result):
             patience -= 1
             if patience < 0:  # the last few rows converge slowly: pivoting finishes them
                 break
         if 2 * count >= len(done):  # the solved rows leave the batch
-            if t is not result:  # (while it is, the rows already hold their values)
+            if rows is not None:  # (until then, t is result: its rows hold their values)
                 result[rows[done]] = t[done]
             keep = (~done).nonzero().squeeze(1)
-            rows, t, bias, slack = rows[keep], t[keep], bias[keep], slack[keep]
+            rows = keep if rows is None else rows[keep]
+            t, bias, slack, done = t[keep], bias[keep], slack[keep], done[keep]
             gradient_at_lower = gradient_at_lower[keep]
             magnitude = torch.empty_like(t)
-    if t is not result:
-        result[rows] = t
+    if rows is None:
+        return result, done
+    result[rows] = t
+    solved = torch.ones(len(result), dtype=torch.bool, device=t.device)
+    solved[rows] = done
     return result, solved
 
 
