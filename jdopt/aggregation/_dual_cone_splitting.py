@@ -178,7 +178,9 @@ def _step(qp: BoxQP, rho: float) -> tuple[Tensor, Tensor]:
     """The matrix ``α (ρ (M + ρI)⁻¹ − I/2)`` and the bias ``α (c − ℓ)`` of a step."""
     shifted = qp.matrix.clone()
     shifted.diagonal().add_(rho)
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(shifted))
+    # M + ρI is positive definite (M is positive semi-definite): LU needs no check, and MKL's
+    # LU inverse is faster than the Cholesky one (at m = 256, 0.8 ms against 1 ms).
+    inverse = torch.linalg.inv_ex(shifted)[0]
     weight = inverse * (rho * _RELAXATION)
     weight.diagonal().sub_(_RELAXATION / 2)
     # α (c − ℓ) = α ((ρℓ + b)(M + ρI)⁻¹ − ℓ)
