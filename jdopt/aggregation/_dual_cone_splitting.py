@@ -66,38 +66,36 @@ def splitting(
     conditions. ``rho`` is the penalty ``ρ``.
     """
     lower, first = qp.lower, _FIRST_CHECK if x is None else _CHECK_PERIOD
-    step = _step(qp, rho)
-    if qp.matrix.dtype == torch.float64:
-        rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
-        rough_step = (step[0].float(), step[1].float())
-        t = _start(rough, None if x is None else x.float(), tolerance, rho)
-        t, rough_solved = _run(rough, t, rough_step, _FLOAT32_TOLERANCE, max_iter, first)
-        t = t.double()
-        solved = torch.zeros_like(rough_solved)
-        count = int(rough_solved.sum())
-        if count < _ENOUGH * len(solved):  # slow: pivoting will do better
-            return lower + t.clamp_min(0), solved
-        # The rows float32 left (slow ones) go to pivoting; the others on in float64.
-        rows = None if count == len(solved) else rough_solved.nonzero().squeeze(1)
-        if rows is not None:
-            qp = BoxQP(qp.matrix, qp.linear[rows], lower[rows])
-            step = (step[0], step[1][rows])
-        polished, polished_solved = _run(
-            qp,
-            t if rows is None else t[rows],
-            step,
-            tolerance,
-            max_iter // 2,
-            _CHECK_PERIOD,
-            _CHECK_PERIOD // 2,
-        )
-        if rows is None:
-            return lower + polished.clamp_min(0), polished_solved
-        t[rows], solved[rows] = polished, polished_solved
-        return lower + t.clamp_min(0), solved
-    t = _start(qp, x, tolerance, rho)
-    t, solved = _run(qp, t, step, tolerance, max_iter, first)
-    return lower + t.clamp_min(0), solved
+    scale = qp.scale().squeeze(1)
+    gradient_at_lower = torch.addmm(qp.linear, lower, qp.matrix, beta=-1)  # ℓM − b
+    weight, bias = _step(qp, rho)
+    if qp.matrix.dtype != torch.float64:
+        t = _start(qp, x, tolerance, rho)
+        step = (weight, bias, gradient_at_lower, scale * tolerance)
+        t, solved = _run(qp, t, step, max_iter, first)
+        return lower + t.clamp_min_(0), solved
+    rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
+    t = _start(rough, None if x is None else x.float(), tolerance, rho)
+    rough_step = (weight.float(), bias.float(), gradient_at_lower.float(), scale.float())
+    rough_step[3].mul_(_FLOAT32_TOLERANCE)
+    t, rough_solved = _run(rough, t, rough_step, max_iter, first)
+    t = t.double()
+    count = int(rough_solved.count_nonzero())
+    if count < _ENOUGH * len(t):  # slow: pivoting will do better
+        return lower + t.clamp_min_(0), torch.zeros_like(rough_solved)
+    # The rows float32 left (slow ones) go to pivoting; the others on in float64.
+    slack = scale.mul_(tolerance)
+    if count == len(t):
+        step = (weight, bias, gradient_at_lower, slack)
+        t, solved = _run(qp, t, step, max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2)
+        return lower + t.clamp_min_(0), solved
+    rows = rough_solved.nonzero().squeeze(1)
+    sub = BoxQP(qp.matrix, qp.linear[rows], lower[rows])
+    step = (weight, bias[rows], gradient_at_lower[rows], slack[rows])
+    t[rows], rough_solved[rows] = _run(
+        sub, t[rows], step, max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2
+    )
+    return lower + t.clamp_min_(0), rough_solved
 
 
 def _start(qp: BoxQP, x: Tensor | None, tolerance: float, rho: float) -> Tensor:
@@ -115,26 +113,23 @@ def _start(qp: BoxQP, x: Tensor | None, tolerance: float, rho: float) -> Tensor:
 def _run(
     qp: BoxQP,
     t: Tensor,
-    step: tuple[Tensor, Tensor],
-    tolerance: float,
+    step: tuple[Tensor, Tensor, Tensor, Tensor],
     max_iter: int,
     first_check: int,
     period: int = _CHECK_PERIOD,
 ) -> tuple[Tensor, Tensor]:
-    """ADMM steps in the dtype of ``qp`` from :func:`_step`'s ``(weight, bias)``, checked at
-    step ``first_check``, every ``period`` steps after it, and at the last; returns ``(t, solved
-    rows)``.
+    """ADMM steps in the dtype of ``qp``, checked at step ``first_check``, every ``period``
+    steps after it, and at the last; returns ``(t, solved rows)``.
 
-    Once half the rows of the batch are solved, they leave it: the last, slow rows then cost
-    little per step.
+    ``step`` holds :func:`_step`'s ``(weight, bias)``, the gradient ``ℓM − b`` at the bounds
+    and the ``[k]`` absolute tolerances of the check. Once half the rows of the batch are
+    solved, they leave it: the last, slow rows then cost little per step.
     """
     # t is updated in place (result is t until rows leave the batch). Only solved rows leave
     # it, so the rows still in it when the loop ends that the last check left are unsolved.
     result, rows = t, None
-    weight, bias = step
+    weight, bias, gradient_at_lower, slack = step
     matrix = qp.matrix
-    slack = tolerance * qp.scale().squeeze(1)
-    gradient_at_lower = qp.lower @ matrix - qp.linear
     magnitude = torch.empty_like(t)
     patience = _PATIENCE
     for iteration in range(1, max_iter + 1):
