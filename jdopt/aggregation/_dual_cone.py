@@ -186,7 +186,13 @@ def _dual(
 
 
 def _residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> float:
-    return float(kkt_residual(weights, preferences, gramian).max())
+    """``max(kkt_residual(...))`` for ``weights ≥ preferences`` (or NaN), as the solver's are,
+    in fewer operations: the first condition holds, and the scales are shared."""
+    size = weights.abs().amax(dim=1)
+    product = weights @ gramian
+    gap = (product * (weights - preferences)).abs_().amax(dim=1).div_(size)
+    dual = product.amin(dim=1).neg_().clamp_min_(0)
+    return float(torch.maximum(gap, dual).div_(size).amax()) / float(gramian.diagonal().amax())
 
 
 def _prefers_dual(scaled: Tensor, factor: Tensor) -> bool:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -20,7 +21,7 @@ from jdopt.aggregation import (
     _dual_cone_pivot,
     _dual_cone_splitting,
 )
-from jdopt.aggregation._dual_cone import SOLVERS, project_weights
+from jdopt.aggregation._dual_cone import SOLVERS, kkt_residual, project_weights
 from jdopt.aggregation._dual_cone_box import (
     BoxQP,
     accelerated_gradient,
@@ -645,3 +646,23 @@ def test_a_dual_admm_answer_that_fails_the_final_check_is_retried_on_the_dual(
     assert calls == [(True, True), (True, False)]  # (dual?, ADMM first?): no primal solve
     assert_kkt(weights, preferences, gramian, tol=1e-9)
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+def test_final_check_is_the_largest_kkt_residual() -> None:
+    """The solver's lean final check against the residual's definition (v ≥ u holding)."""
+    generator = torch.Generator().manual_seed(3)
+    jacobian = torch.randn(7, 4, generator=generator, dtype=F64)
+    gramian = jacobian @ jacobian.T
+    preferences = torch.randn(5, 7, generator=generator, dtype=F64)
+    weights = preferences + torch.randn(5, 7, generator=generator, dtype=F64).clamp_min(0)
+    size = weights.abs().amax(dim=1)
+    product = weights @ gramian
+    scale = gramian.diagonal().max()
+    dual = (-product.amin(dim=1)).clamp_min(0) / (scale * size)
+    gap = (product * (weights - preferences)).abs().amax(dim=1) / (scale * size**2)
+    expected = float(torch.maximum(dual, gap).max())
+    assert expected > 0
+    assert _dual_cone._residual(weights, preferences, gramian) == pytest.approx(expected, rel=1e-12)
+    assert float(kkt_residual(weights, preferences, gramian).max()) == pytest.approx(expected)
+    weights[2, 3] = torch.nan
+    assert math.isnan(_dual_cone._residual(weights, preferences, gramian))
