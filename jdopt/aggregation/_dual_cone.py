@@ -93,12 +93,12 @@ def project_weights(
     if bounds.numel() == 0:
         return bounds.to(gramian.dtype)
     size = bounds.amax(dim=1, keepdim=True)
-    solvable = size.squeeze(1) > 0
     # Rows are scaled to max(u) = 1, a lower bound on ‖v*‖∞ (v* ≥ u), to which the final check
     # is relative: so are the solver's tolerances then (see BoxQP.scale).
-    if bool(solvable.all()):  # the usual case: no row to leave out
+    if bool(size.amin() > 0):  # the usual case: no row to leave out
         scaled_start = None if start is None else start / size
         return (_solve(matrix, bounds / size, scaled_start) * size).to(gramian.dtype)
+    solvable = size.squeeze(1) > 0
     weights = torch.zeros_like(bounds)
     rows = solvable.nonzero().squeeze(1)
     if rows.numel() > 0:
@@ -127,7 +127,7 @@ def kkt_residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> Tenso
 def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor:
     """The native solver on float64 inputs with ``max(u) > 0`` in every row."""
     root = gramian.diagonal().sqrt()
-    scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)  # unit diagonal
+    scaled = gramian / torch.outer(root, root)  # unit diagonal, exactly symmetric
     factor, info = torch.linalg.cholesky_ex(scaled)
     if int(info) != 0 or not bool((root > 0).all()):
         raise ValueError(
@@ -175,9 +175,7 @@ def _dual(
     """
     inverse = torch.cholesky_inverse(factor)  # symmetric, exactly
     unit = inverse.diagonal().rsqrt()
-    qp = BoxQP(
-        inverse * unit.unsqueeze(1) * unit.unsqueeze(0), lower * unit, torch.zeros_like(lower)
-    )
+    qp = BoxQP(inverse * torch.outer(unit, unit), lower * unit, torch.zeros_like(lower))
     if start is None:
         return qp, None, unit
     # Multipliers λ = Gw on the coordinates where the warm start sits on its bound, 0 elsewhere.
