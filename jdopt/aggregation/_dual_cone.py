@@ -56,6 +56,8 @@ _DUAL_RANK_FRACTION = 0.4
 _DUAL_MAX_CONDITION = 1e8
 # The relative KKT residual that the native solver guarantees (or raises).
 KKT_TOLERANCE = 1e-7
+# ADMM's penalty on the dual problem (see _penalty for the primal's).
+_DUAL_PENALTY = 0.5
 
 
 def project_weights(
@@ -143,7 +145,7 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     if _prefers_dual(scaled, factor):
         qp, x, unit = _dual(scaled, factor, lower, start)
         for splitting_first in (True, False)[not admm :]:
-            solution = solve_box(qp, x, splitting_first=splitting_first)
+            solution = solve_box(qp, x, splitting_first=splitting_first, penalty=_DUAL_PENALTY)
             weights = torch.maximum(solution @ qp.matrix / unit / root, preferences)
             if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
                 return weights
