@@ -32,8 +32,9 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   (:mod:`._dual_cone_active`): one coordinate per step, but it does not cycle;
 - a final check of the KKT conditions on the original problem. An answer of ADMM that fails it
   is solved again by pivoting alone (ADMM's tolerance is relative to the scaled problem): the
-  same problem first, then the primal one; if that fails too the solver raises rather than
-  return inaccurate (or NaN) weights.
+  same problem first (unless ADMM solved none of its rows: pivoting already gave that answer),
+  then the primal one; if that fails too the solver raises rather than return inaccurate (or
+  NaN) weights.
 """
 
 from __future__ import annotations
@@ -144,19 +145,26 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     admm = splits(len(scaled))
     if _prefers_dual(scaled, factor):
         qp, x, unit = _dual(scaled, factor, lower, start)
-        for splitting_first in (True, False)[not admm :]:
-            solution = solve_box(qp, x, splitting_first=splitting_first, penalty=_DUAL_PENALTY)
+        splitting_first = admm
+        while True:
+            solution, from_splitting = solve_box(
+                qp, x, splitting_first=splitting_first, penalty=_DUAL_PENALTY
+            )
             weights = torch.maximum(solution @ qp.matrix / unit / root, preferences)
             if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
                 return weights
-        admm = False  # G⁻¹ was not accurate enough (badly conditioned G): the primal, pivoting
+            if not from_splitting:  # pivoting's own answer: G⁻¹ is not accurate enough
+                break
+            splitting_first = False
+        admm = False  # (badly conditioned G): the primal, by pivoting
     qp = BoxQP(scaled, torch.zeros_like(lower), lower)
     if admm:
-        solution = solve_box(qp, start, penalty=_penalty(factor))
+        solution, _ = solve_box(qp, start, penalty=_penalty(factor))
         weights = torch.maximum(solution / root, preferences)
         if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
             return weights
-    weights = torch.maximum(solve_box(qp, start, splitting_first=False) / root, preferences)
+    solution, _ = solve_box(qp, start, splitting_first=False)
+    weights = torch.maximum(solution / root, preferences)
     residual = _residual(weights, preferences, gramian)
     if not residual <= KKT_TOLERANCE:  # NaN too
         raise RuntimeError(

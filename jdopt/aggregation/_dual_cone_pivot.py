@@ -53,12 +53,15 @@ def splits(m: int) -> bool:
 
 def solve_box(
     qp: BoxQP, x: Tensor | None, *, splitting_first: bool = True, penalty: float = RHO
-) -> Tensor:
+) -> tuple[Tensor, bool]:
     """Solves ``qp`` from the start ``x`` (or a cold start).
 
     For ``_SPLITTING_MIN_SIZE ≤ m ≤ _SPLITTING_MAX_SIZE`` (unless not ``splitting_first``), ADMM
     first (with the penalty ``penalty``), pivoting for the rows it leaves; otherwise a guess,
     pivoting, and the sure finish.
+
+    Returns the solution and whether ADMM solved any of its rows (when it did not, solving
+    again by pivoting alone would only repeat the work).
     """
     m = qp.matrix.shape[0]
     max_iter = _PIVOTING_STEPS + m // 2
@@ -67,14 +70,15 @@ def solve_box(
             qp, x, tolerance=PIVOTING_TOLERANCE, max_iter=_SPLITTING_STEPS, rho=penalty
         )
         if bool(solved.all()):
-            return x
+            return x, True
         rows = (~solved).nonzero().squeeze(1)
+        some = len(rows) < len(x)
         sub = BoxQP(qp.matrix, qp.linear[rows], qp.lower[rows])
         active = x[rows] <= sub.lower + _ROUGH_TOLERANCE * sub.scale()
         x[rows], _, converged = block_pivoting(
             sub, x[rows], active, tolerance=PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=0
         )
-        return x if converged else _finish(qp, x)
+        return (x if converged else _finish(qp, x)), some
     x = torch.clamp_min(qp.lower, 0) if x is None else x
     if m <= SMALL_MAX_SIZE:
         x, active = _guess(qp, x, PIVOTING_TOLERANCE)
@@ -84,7 +88,7 @@ def solve_box(
         x, _, converged = block_pivoting(
             qp, x, active, tolerance=PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=0
         )
-    return x if converged else _finish(qp, x)
+    return (x if converged else _finish(qp, x)), False
 
 
 def _guess(qp: BoxQP, x: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:

@@ -648,6 +648,32 @@ def test_a_dual_admm_answer_that_fails_the_final_check_is_retried_on_the_dual(
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
 
 
+def test_a_dual_answer_of_pivoting_alone_that_fails_the_final_check_goes_to_the_primal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When ADMM solved none of the dual's rows, its pivoting already gave the answer that
+    failed: the next solve is the primal's, not the same pivoting again."""
+    gramian, preferences = make(low_rank, 64, 0), upgrad_preferences(64)
+    monkeypatch.setattr(_dual_cone_splitting, "_ENOUGH", 2.0)  # ADMM hands every row over
+    real_solve, real_residual = _dual_cone.solve_box, _dual_cone._residual
+    calls, residuals = [], []
+
+    def spy(qp, x, **kwargs):
+        calls.append((bool(qp.linear.any()), kwargs.get("splitting_first", True)))
+        return real_solve(qp, x, **kwargs)
+
+    def first_fails(*args):
+        residuals.append(real_residual(*args))
+        return math.inf if len(residuals) == 1 else residuals[-1]
+
+    monkeypatch.setattr(_dual_cone, "solve_box", spy)
+    monkeypatch.setattr(_dual_cone, "_residual", first_fails)
+    weights = project_weights(preferences, gramian)
+    assert calls == [(True, True), (False, False)]  # (dual?, ADMM first?)
+    assert_kkt(weights, preferences, gramian, tol=1e-9)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
 def test_final_check_is_the_largest_kkt_residual() -> None:
     """The solver's lean final check against the residual's definition (v ≥ u holding)."""
     generator = torch.Generator().manual_seed(3)
