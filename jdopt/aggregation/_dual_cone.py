@@ -130,7 +130,7 @@ def kkt_residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> Tenso
 def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor:
     """The native solver on float64 inputs with ``max(u) > 0`` in every row."""
     root = gramian.diagonal().sqrt()
-    scaled = gramian / torch.outer(root, root)  # unit diagonal, exactly symmetric
+    scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)  # unit diagonal
     factor, info = torch.linalg.cholesky_ex(scaled)
     if int(info) != 0 or not bool((root > 0).all()):
         raise ValueError(
