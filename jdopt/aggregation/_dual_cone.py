@@ -50,8 +50,11 @@ from ._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
 SOLVERS = ("native", *REFERENCE_SOLVERS)
 
 # Solve the dual when the participation ratio trace²/‖G‖²_F (Jacobi-scaled) is below this
-# fraction of m: G is then close to low-rank plus a ridge.
-_DUAL_RANK_FRACTION = 0.4
+# fraction of m: G is then close to low-rank plus a ridge. ADMM's dual converges slowly from a
+# rank of about m/2 (ratio 0.32), where its primal does better (m = 128: 38 → 9 ms), hence a
+# lower fraction when ADMM runs; pivoting alone prefers the dual up to 0.4 (measured on
+# random Jacobians of every rank, m = 16 to 256).
+_DUAL_RANK_FRACTION, _DUAL_RANK_FRACTION_ADMM = 0.4, 0.3
 # ... unless G looks worse conditioned than this: its inverse would then have lost more than
 # half of float64's digits (a tiny ridge), and the primal problem is the accurate one.
 _DUAL_MAX_CONDITION = 1e8
@@ -143,7 +146,7 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     # ADMM's tolerance is relative to the scaled problem: an answer of ADMM that misses the final
     # check is solved again by pivoting alone (which otherwise only finishes what ADMM leaves).
     admm = splits(len(scaled))
-    if _prefers_dual(scaled, factor):
+    if _prefers_dual(scaled, factor, _DUAL_RANK_FRACTION_ADMM if admm else _DUAL_RANK_FRACTION):
         qp, x, unit = _dual(scaled, factor, lower, start)
         splitting_first = admm
         while True:
@@ -203,9 +206,10 @@ def _residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> float:
     return float(torch.maximum(gap, dual).div_(size).amax()) / float(gramian.diagonal().amax())
 
 
-def _prefers_dual(scaled: Tensor, factor: Tensor) -> bool:
+def _prefers_dual(scaled: Tensor, factor: Tensor, fraction: float) -> bool:
     """Whether ``scaled`` (unit diagonal, Cholesky factor ``factor``) looks low-rank plus a
-    ridge, and is conditioned well enough for its inverse to be accurate.
+    ridge (a participation ratio below ``fraction`` of m), and is conditioned well enough for
+    its inverse to be accurate.
 
     ``1 / min diag(factor)²`` is a lower bound on the condition number: each squared pivot is
     at least the smallest eigenvalue, and the largest is at least 1.
@@ -213,7 +217,7 @@ def _prefers_dual(scaled: Tensor, factor: Tensor) -> bool:
     m = scaled.shape[0]
     if float(factor.diagonal().amin()) ** -2 > _DUAL_MAX_CONDITION:
         return False
-    return m * m < _DUAL_RANK_FRACTION * m * float(torch.linalg.vector_norm(scaled)) ** 2
+    return m * m < fraction * m * float(torch.linalg.vector_norm(scaled)) ** 2
 
 
 def _penalty(factor: Tensor) -> float:

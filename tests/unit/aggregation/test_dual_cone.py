@@ -674,6 +674,28 @@ def test_a_dual_answer_of_pivoting_alone_that_fails_the_final_check_goes_to_the_
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
 
 
+@pytest.mark.parametrize(("m", "dual"), [(30, True), (66, False)])
+def test_the_dual_is_posed_below_a_lower_participation_ratio_when_admm_runs(
+    m: int, dual: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of 3 identical rows plus a ridge: a participation ratio of m/3, between the
+    pivoting path's threshold (0.4 m) and ADMM's (0.3 m): the dual only where ADMM does not
+    run."""
+    ridge = 1e-2
+    blocks = torch.block_diag(*[torch.ones(3, 3, dtype=F64)] * (m // 3))
+    gramian = (1 - ridge) * blocks + ridge * torch.eye(m, dtype=F64)
+    ratio = m / float(torch.linalg.vector_norm(gramian)) ** 2
+    assert 0.3 < ratio < 0.4
+    preferences = upgrad_preferences(m)
+    duals = []
+    real = _dual_cone._dual
+    monkeypatch.setattr(_dual_cone, "_dual", lambda *a: duals.append(1) or real(*a))
+    weights = project_weights(preferences, gramian)
+    assert bool(duals) == dual
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
 def test_final_check_is_the_largest_kkt_residual() -> None:
     """The solver's lean final check against the residual's definition (v ≥ u holding)."""
     generator = torch.Generator().manual_seed(3)
