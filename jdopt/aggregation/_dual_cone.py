@@ -13,13 +13,14 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   has the better-conditioned reduced systems: the dual when ``G`` is numerically low-rank plus
   a ridge (its free set lies in the large, flat part of ``G⁻¹``) unless the ridge is so small
   that ``G⁻¹`` would be inaccurate, the primal otherwise (and after all, when the dual's
-  answer fails the final check);
+  answer fails the final check). Near rank m/2, where ADMM (below) runs, its primal goes
+  first, and the dual takes over when it solves no row;
 - for ``56 ≤ m ≤ 4096``, over-relaxed ADMM first
   (:mod:`._dual_cone_splitting`): all rows share one ``(M + ρI)⁻¹``, so a step is one matrix
   product and two elementwise operations; float32 steps until the rows are solved to 1e-6,
   then float64 ones to the final tolerance. It converges at the speed of the reduced problems,
   in tens of steps; block pivoting (below) finishes the rows it leaves, from its answer, and
-  takes all of them when float32 solves fewer than three quarters;
+  takes all of them when float32 solves fewer than half;
 - otherwise, FISTA to guess the active set and block principal pivoting to make it exact: up
   to ``m = SMALL_MAX_SIZE``, all in float64, with full-size masked solves
   (:mod:`._dual_cone_small`); beyond, mixed precision: a float32 guess, then a float64
@@ -39,6 +40,8 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -50,10 +53,11 @@ from ._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
 SOLVERS = ("native", *REFERENCE_SOLVERS)
 
 # Solve the dual when the participation ratio trace²/‖G‖²_F (Jacobi-scaled) is below this
-# fraction of m: G is then close to low-rank plus a ridge. ADMM's dual converges slowly from a
-# rank of about m/2 (ratio 0.32), where its primal does better (m = 128: 38 → 9 ms), hence a
-# lower fraction when ADMM runs; pivoting alone prefers the dual up to 0.4 (measured on
-# random Jacobians of every rank, m = 16 to 256).
+# fraction of m: G is then close to low-rank plus a ridge. Between the two fractions (about
+# rank m/2) ADMM's dual converges slowly and its primal often fast (m = 128: 38 → 9 ms), but
+# when the primal's ADMM fails too, pivoting on the primal can take ten times as long as on
+# the dual: with ADMM, the primal's ADMM goes first there, then the dual (measured on random
+# Jacobians of every rank, m = 16 to 256, ridges 1e-4 to 1e-8).
 _DUAL_RANK_FRACTION, _DUAL_RANK_FRACTION_ADMM = 0.4, 0.3
 # ... unless G looks worse conditioned than this: its inverse would then have lost more than
 # half of float64's digits (a tiny ridge), and the primal problem is the accurate one.
@@ -146,21 +150,29 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     # ADMM's tolerance is relative to the scaled problem: an answer of ADMM that misses the final
     # check is solved again by pivoting alone (which otherwise only finishes what ADMM leaves).
     admm = splits(len(scaled))
-    if _prefers_dual(scaled, factor, _DUAL_RANK_FRACTION_ADMM if admm else _DUAL_RANK_FRACTION):
-        qp, x, unit = _dual(scaled, factor, lower, start)
+    ratio = _participation(scaled, factor)
+    qp = BoxQP(scaled, torch.zeros_like(lower), lower)
+    if admm and _DUAL_RANK_FRACTION_ADMM <= ratio < _DUAL_RANK_FRACTION:
+        # Near rank m/2: the primal when its ADMM converges, else the dual's pivoting.
+        solution, _ = solve_box(qp, start, penalty=_penalty(factor), pivot_all=False)
+        if solution is not None:
+            weights = torch.maximum(solution / root, preferences)
+            if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
+                return weights
+    if ratio < _DUAL_RANK_FRACTION:
+        dual, x, unit = _dual(scaled, factor, lower, start)
         splitting_first = admm
         while True:
             solution, from_splitting = solve_box(
-                qp, x, splitting_first=splitting_first, penalty=_DUAL_PENALTY
+                dual, x, splitting_first=splitting_first, penalty=_DUAL_PENALTY
             )
-            weights = torch.maximum(solution @ qp.matrix / unit / root, preferences)
+            weights = torch.maximum(solution @ dual.matrix / unit / root, preferences)
             if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
                 return weights
             if not from_splitting:  # pivoting's own answer: G⁻¹ is not accurate enough
                 break
             splitting_first = False
         admm = False  # (badly conditioned G): the primal, by pivoting
-    qp = BoxQP(scaled, torch.zeros_like(lower), lower)
     if admm:
         solution, _ = solve_box(qp, start, penalty=_penalty(factor))
         weights = torch.maximum(solution / root, preferences)
@@ -206,18 +218,17 @@ def _residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> float:
     return float(torch.maximum(gap, dual).div_(size).amax()) / float(gramian.diagonal().amax())
 
 
-def _prefers_dual(scaled: Tensor, factor: Tensor, fraction: float) -> bool:
-    """Whether ``scaled`` (unit diagonal, Cholesky factor ``factor``) looks low-rank plus a
-    ridge (a participation ratio below ``fraction`` of m), and is conditioned well enough for
-    its inverse to be accurate.
+def _participation(scaled: Tensor, factor: Tensor) -> float:
+    """The participation ratio ``trace²/‖G‖²_F`` of ``scaled`` (unit diagonal, Cholesky factor
+    ``factor``) as a fraction of m: small when ``G`` is close to low-rank plus a ridge. Infinite
+    when ``G`` is conditioned too badly for its inverse (the dual's matrix) to be accurate.
 
     ``1 / min diag(factor)²`` is a lower bound on the condition number: each squared pivot is
     at least the smallest eigenvalue, and the largest is at least 1.
     """
-    m = scaled.shape[0]
     if float(factor.diagonal().amin()) ** -2 > _DUAL_MAX_CONDITION:
-        return False
-    return m * m < fraction * m * float(torch.linalg.vector_norm(scaled)) ** 2
+        return math.inf
+    return scaled.shape[0] / float(torch.linalg.vector_norm(scaled)) ** 2
 
 
 def _penalty(factor: Tensor) -> float:

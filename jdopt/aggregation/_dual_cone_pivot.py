@@ -52,8 +52,13 @@ def splits(m: int) -> bool:
 
 
 def solve_box(
-    qp: BoxQP, x: Tensor | None, *, splitting_first: bool = True, penalty: float = RHO
-) -> tuple[Tensor, bool]:
+    qp: BoxQP,
+    x: Tensor | None,
+    *,
+    splitting_first: bool = True,
+    penalty: float = RHO,
+    pivot_all: bool = True,
+) -> tuple[Tensor | None, bool]:
     """Solves ``qp`` from the start ``x`` (or a cold start).
 
     For ``_SPLITTING_MIN_SIZE ≤ m ≤ _SPLITTING_MAX_SIZE`` (unless not ``splitting_first``), ADMM
@@ -61,7 +66,8 @@ def solve_box(
     pivoting, and the sure finish.
 
     Returns the solution and whether ADMM solved any of its rows (when it did not, solving
-    again by pivoting alone would only repeat the work).
+    again by pivoting alone would only repeat the work). When ADMM solves no row and not
+    ``pivot_all``, returns ``(None, False)`` instead of pivoting every row.
     """
     m = qp.matrix.shape[0]
     max_iter = _PIVOTING_STEPS + m // 2
@@ -73,6 +79,8 @@ def solve_box(
             return x, True
         rows = (~solved).nonzero().squeeze(1)
         some = len(rows) < len(x)
+        if not (some or pivot_all):
+            return None, False
         sub = BoxQP(qp.matrix, qp.linear[rows], qp.lower[rows])
         active = x[rows] <= sub.lower + _ROUGH_TOLERANCE * sub.scale()
         x[rows], _, converged = block_pivoting(

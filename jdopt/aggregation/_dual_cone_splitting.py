@@ -46,8 +46,9 @@ RHO, _RELAXATION = 0.5, 1.8
 _CHECK_PERIOD, _FIRST_CHECK = 10, 20
 # The float32 phase stops at this relative KKT residual ...
 _FLOAT32_TOLERANCE = 1e-6
-# ... and goes on in float64 when it has solved this fraction of the rows.
-_ENOUGH = 0.75
+# ... and goes on in float64 when it has solved this fraction of the rows (near rank m/2, a
+# primal problem that solves half of them in float32 is still faster than its dual).
+_ENOUGH = 0.5
 # Once one row in _FEW at most is left in a phase, it gets _PATIENCE more checks: slow rows
 # are left to pivoting.
 _FEW, _PATIENCE = 8, 2

@@ -674,24 +674,50 @@ def test_a_dual_answer_of_pivoting_alone_that_fails_the_final_check_goes_to_the_
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
 
 
-@pytest.mark.parametrize(("m", "dual"), [(30, True), (66, False)])
-def test_the_dual_is_posed_below_a_lower_participation_ratio_when_admm_runs(
-    m: int, dual: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Blocks of 3 identical rows plus a ridge: a participation ratio of m/3, between the
-    pivoting path's threshold (0.4 m) and ADMM's (0.3 m): the dual only where ADMM does not
-    run."""
+def _three_row_blocks(m: int) -> Tensor:
+    """Blocks of 3 identical rows plus a ridge: a participation ratio of about m/3, between
+    the two thresholds of the dual (0.3 m and 0.4 m)."""
     ridge = 1e-2
     blocks = torch.block_diag(*[torch.ones(3, 3, dtype=F64)] * (m // 3))
     gramian = (1 - ridge) * blocks + ridge * torch.eye(m, dtype=F64)
-    ratio = m / float(torch.linalg.vector_norm(gramian)) ** 2
-    assert 0.3 < ratio < 0.4
-    preferences = upgrad_preferences(m)
+    assert 0.3 < m / float(torch.linalg.vector_norm(gramian)) ** 2 < 0.4
+    return gramian
+
+
+@pytest.mark.parametrize(("m", "dual"), [(30, True), (66, False)])
+def test_near_rank_m_over_2_the_dual_is_posed_unless_the_primal_admm_converges(
+    m: int, dual: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ADMM (m = 30) the dual; with it (m = 66), the primal's ADMM first, which
+    converges here."""
+    gramian, preferences = _three_row_blocks(m), upgrad_preferences(m)
     duals = []
     real = _dual_cone._dual
     monkeypatch.setattr(_dual_cone, "_dual", lambda *a: duals.append(1) or real(*a))
     weights = project_weights(preferences, gramian)
     assert bool(duals) == dual
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
+
+
+def test_near_rank_m_over_2_a_primal_admm_that_gives_up_hands_over_to_the_dual(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pivoting on such a primal can take ten times as long as on the dual: when the primal's
+    ADMM solves no row, the dual is solved instead, and the primal is not pivoted."""
+    gramian, preferences = _three_row_blocks(66), upgrad_preferences(66)
+    monkeypatch.setattr(_dual_cone_splitting, "_ENOUGH", 2.0)  # ADMM hands every row over
+    real = _dual_cone.solve_box
+    calls = []
+
+    def spy(qp, x, **kwargs):
+        solution, from_splitting = real(qp, x, **kwargs)
+        calls.append((bool(qp.linear.any()), solution is None))
+        return solution, from_splitting
+
+    monkeypatch.setattr(_dual_cone, "solve_box", spy)
+    weights = project_weights(preferences, gramian)
+    assert calls == [(False, True), (True, False)]  # (dual?, left unsolved?)
     assert_kkt(weights, preferences, gramian)
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
 
