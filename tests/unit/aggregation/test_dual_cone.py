@@ -722,6 +722,24 @@ def test_near_rank_m_over_2_a_primal_admm_that_gives_up_hands_over_to_the_dual(
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
 
 
+@pytest.mark.parametrize(("rho", "first"), [(0.5, 30), (0.9, 20)])
+def test_admm_from_a_cold_start_first_checks_slow_problems_later(
+    rho: float, first: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Problems with a small penalty take 20 to 40 steps: no check before step 30."""
+    firsts = []
+    real = _dual_cone_splitting._run
+
+    def spy(qp, t, step, max_iter, first_check, *args, **kwargs):
+        firsts.append(first_check)
+        return real(qp, t, step, max_iter, first_check, *args, **kwargs)
+
+    monkeypatch.setattr(_dual_cone_splitting, "_run", spy)
+    qp = _scaled_problem(rand, 64)[0]
+    splitting(qp, None, tolerance=1e-8, max_iter=80, rho=rho)
+    assert firsts[0] == first  # the float32 phase (float64's checks from step 10)
+
+
 def test_final_check_is_the_largest_kkt_residual() -> None:
     """The solver's lean final check against the residual's definition (v ≥ u holding)."""
     generator = torch.Generator().manual_seed(3)
