@@ -64,8 +64,9 @@ def splitting(
     """Runs ADMM on ``qp`` from ``x`` (or a cold start) until every row meets the KKT
     conditions to ``tolerance`` (relative to :meth:`BoxQP.scale`) or the steps run out.
 
-    A float64 ``qp`` runs at most ``max_iter`` float32 steps, then (when they solved most rows
-    to ``_FLOAT32_TOLERANCE``) at most ``max_iter // 2`` float64 ones, checked twice as often.
+    A float64 ``qp`` runs at most ``max_iter`` float32 steps, then (on the rows they solved to
+    ``_FLOAT32_TOLERANCE``, when those are at least ``_ENOUGH`` of them) at most
+    ``max_iter // 2`` float64 ones, checked twice as often.
 
     Returns ``(z, solved)``: the feasible iterate ``z ≥ ℓ`` and ``[k]`` which rows meet the
     conditions. ``rho`` is the penalty ``ρ``.
@@ -135,7 +136,7 @@ def _run(
     solved, they leave it: the last, slow rows then cost little per step.
     """
     # t is updated in place (result is t until rows leave the batch). Only solved rows leave
-    # it, so the rows still in it when the loop ends that the last check left are unsolved.
+    # it: those still in it at the end are solved only if the last check says so.
     result, rows = t, None
     weight, bias, gradient_at_lower, slack = step
     matrix = qp.matrix
