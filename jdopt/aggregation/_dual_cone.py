@@ -34,8 +34,10 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
 - a final check of the KKT conditions on the original problem. An answer of ADMM that fails it
   is solved again by pivoting alone (ADMM's tolerance is relative to the scaled problem): the
   same problem first (unless ADMM solved none of its rows: pivoting already gave that answer),
-  then the primal one; if that fails too the solver raises rather than return inaccurate (or
-  NaN) weights.
+  then the primal one. The primal's rows that still miss it get exact reduced solves on their
+  free sets (:func:`._dual_cone_pivot.polish`: next to very negative bounds, the check
+  multiplies iterative solves' tolerance by a huge slack); if that fails too the solver raises
+  rather than return inaccurate (or NaN) weights.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from torch import Tensor
 
 from ._checks import check_choice
 from ._dual_cone_box import BoxQP
-from ._dual_cone_pivot import PIVOTING_TOLERANCE, solve_box, splits
+from ._dual_cone_pivot import PIVOTING_TOLERANCE, polish, solve_box, splits
 from ._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
 
 SOLVERS = ("native", *REFERENCE_SOLVERS)
@@ -181,6 +183,17 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     solution, _ = solve_box(qp, start, splitting_first=False)
     weights = torch.maximum(solution / root, preferences)
     residual = _residual(weights, preferences, gramian)
+    if not residual <= KKT_TOLERANCE:  # last resort: exact reduced solves in the failing rows
+        rows = (~(kkt_residual(weights, preferences, gramian) <= KKT_TOLERANCE)).nonzero()
+        rows = rows.squeeze(1)
+        sub = BoxQP(scaled, qp.linear[rows], lower[rows])
+        try:
+            solution[rows] = polish(sub, solution[rows])
+        except RuntimeError:  # a reduced system not numerically definite: the error below
+            pass
+        else:
+            weights = torch.maximum(solution / root, preferences)
+            residual = _residual(weights, preferences, gramian)
     if not residual <= KKT_TOLERANCE:  # NaN too
         raise RuntimeError(
             f"The native dual-cone solver reached a relative KKT residual of {residual:.1e} "

@@ -298,8 +298,23 @@ def test_nan_weights_are_never_returned(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(
         _dual_cone_pivot, "active_set", lambda qp, x, *_, **__: (x * torch.nan, x * torch.nan, None)
     )
+    monkeypatch.setattr(_dual_cone, "polish", lambda qp, x: x)  # the last resort keeps the NaN
     gramian, preferences = make(conflicting, 6, 0), upgrad_preferences(6)
     with pytest.raises(RuntimeError, match=r"KKT residual of nan only"):
+        project_weights(preferences, gramian)
+
+
+def test_the_last_resort_does_not_turn_nan_into_accepted_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its exact solves start from the NaN rows' (empty) free sets: the answer it makes of them
+    must still pass the final check, which here it cannot."""
+    monkeypatch.setattr(_dual_cone_pivot, "pivot_small", _gives_up)
+    monkeypatch.setattr(
+        _dual_cone_pivot, "active_set", lambda qp, x, *_, **__: (x * torch.nan, x * torch.nan, None)
+    )
+    gramian, preferences = make(conflicting, 6, 0), upgrad_preferences(6)
+    with pytest.raises(RuntimeError, match=r"KKT residual of \S+ only"):
         project_weights(preferences, gramian)
 
 
@@ -738,6 +753,41 @@ def test_admm_from_a_cold_start_first_checks_slow_problems_later(
     qp = _scaled_problem(rand, 64)[0]
     splitting(qp, None, tolerance=1e-8, max_iter=80, rho=rho)
     assert firsts[0] == first  # the float32 phase (float64's checks from step 10)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mixed_sign_preferences_with_tiny_positive_parts(seed: int) -> None:
+    """Regression (raised at m ≥ 100): scaled to max(u) = 1, the negative bounds are about
+    −1e6, and the complementarity of the final check multiplies CG's tolerance on the free
+    coordinates by that slack; the exact reduced solves of the last resort meet it."""
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(100, 300, generator=generator, dtype=F64)
+    gramian = regularize(normalize(jacobian @ jacobian.T, 1e-4), 1e-4)
+    preferences = torch.randn(8, 100, generator=generator, dtype=F64)
+    preferences[preferences > 0] *= 1e-6
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian, tol=1e-7)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"), 1e-7)
+
+
+def test_polish_solves_the_reduced_systems_exactly() -> None:
+    """From a point with the right free set, one exact solve gives the solution; a row whose
+    free set is wrong (its exact solve leaves the box) keeps its point."""
+    gramian, preferences = make(rand, 12, 0), upgrad_preferences(12)
+    root = gramian.diagonal().sqrt()
+    scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)
+    qp = BoxQP(scaled, torch.zeros_like(preferences), preferences * root)
+    exact = project_weights(preferences, gramian, solver="quadprog") * root
+    free = exact > qp.lower + 1e-9
+    nudged = torch.where(free, exact + 1e-3, qp.lower)  # right free set, wrong values
+    assert ((_dual_cone_pivot.polish(qp, nudged) - exact).abs() <= 1e-12).all()
+    wrong = qp.lower.clone()
+    wrong[:, 0] += 1.0  # every row's free set is {0}: right in none of them
+    polished = _dual_cone_pivot.polish(qp, wrong)
+    left = ~(polished >= qp.lower).all(dim=1)
+    assert not left.any()
+    changed = (polished != wrong).any(dim=1)
+    assert changed.any() and not changed.all()
 
 
 def test_final_check_is_the_largest_kkt_residual() -> None:
