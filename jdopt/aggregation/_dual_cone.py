@@ -92,7 +92,9 @@ def project_weights(
         ValueError: on inconsistent shapes, an unknown solver, or a Gramian that is not
             positive definite.
         RuntimeError: if the native solver cannot reach a relative KKT residual of
-            ``KKT_TOLERANCE`` (never observed; use a reference solver then).
+            ``KKT_TOLERANCE``; use a reference solver then. Observed only for rows whose
+            negative preferences are 1e9 times their largest positive one or more: the
+            residual's complementarity then asks for more digits than float64 holds.
     """
     _check_shapes(preferences, gramian, initial)
     check_choice(solver, "solver", SOLVERS)
