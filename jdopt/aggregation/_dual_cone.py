@@ -14,7 +14,7 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   a ridge (its free set lies in the large, flat part of ``G⁻¹``) unless the ridge is so small
   that ``G⁻¹`` would be inaccurate, the primal otherwise (and after all, when the dual's
   answer fails the final check). Near rank m/2, where ADMM (below) runs, its primal goes
-  first, and the dual takes over when it solves no row;
+  first, and the dual takes over when it solves no row or its answer fails the final check;
 - for ``56 ≤ m ≤ 4096``, over-relaxed ADMM first
   (:mod:`._dual_cone_splitting`): all rows share one ``(M + ρI)⁻¹``, so a step is one matrix
   product and two elementwise operations; float32 steps until the rows are solved to 1e-6,
@@ -157,7 +157,8 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     ratio = _participation(scaled, factor)
     qp = BoxQP(scaled, torch.zeros_like(lower), lower)
     if admm and _DUAL_RANK_FRACTION_ADMM <= ratio < _DUAL_RANK_FRACTION:
-        # Near rank m/2: the primal when its ADMM converges, else the dual's pivoting.
+        # Near rank m/2: the primal when its ADMM converges, else the dual (its ADMM, whose
+        # answer pivoting starts from).
         solution, _ = solve_box(qp, start, penalty=_penalty(factor), pivot_all=False)
         if solution is not None:
             weights = torch.maximum(solution / root, preferences)

@@ -8,7 +8,7 @@ box on a copy ``z = x``, over-relaxed ADMM in its Douglas–Rachford form iterat
     x = (b + ρ (2z − s)) (M + ρI)⁻¹         (proximal step of f)
     s = s + α (x − z)
 
-All ``k`` problems share ``M``, so ``(M + ρI)⁻¹`` is computed once (one ``m × m`` Cholesky).
+All ``k`` problems share ``M``, so ``(M + ρI)⁻¹`` is computed once (one ``m × m`` inverse).
 In ``t = s − ℓ`` (``z = ℓ + max(t, 0)``, ``2z − s = ℓ + |t|``) a step is three operations::
 
     t ← (1 − α/2) t + α (c − ℓ) + |t| · α (ρ (M + ρI)⁻¹ − I/2),   c = (ρℓ + b)(M + ρI)⁻¹

@@ -22,6 +22,7 @@ from jdopt.aggregation import (
     _dual_cone_splitting,
 )
 from jdopt.aggregation._dual_cone import SOLVERS, kkt_residual, project_weights
+from jdopt.aggregation._dual_cone_active import unsolved
 from jdopt.aggregation._dual_cone_box import (
     BoxQP,
     accelerated_gradient,
@@ -727,12 +728,13 @@ def test_near_rank_m_over_2_a_primal_admm_that_gives_up_hands_over_to_the_dual(
 
     def spy(qp, x, **kwargs):
         solution, from_splitting = real(qp, x, **kwargs)
-        calls.append((bool(qp.linear.any()), solution is None))
+        calls.append((bool(qp.linear.any()), kwargs.get("splitting_first", True), solution is None))
         return solution, from_splitting
 
     monkeypatch.setattr(_dual_cone, "solve_box", spy)
     weights = project_weights(preferences, gramian)
-    assert calls == [(False, True), (True, False)]  # (dual?, left unsolved?)
+    # (dual?, ADMM first?, left unsolved?): the dual's pivoting starts from its ADMM's answer.
+    assert calls == [(False, True, True), (True, True, False)]
     assert_kkt(weights, preferences, gramian)
     assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
 
@@ -788,6 +790,51 @@ def test_polish_solves_the_reduced_systems_exactly() -> None:
     assert not left.any()
     changed = (polished != wrong).any(dim=1)
     assert changed.any() and not changed.all()
+
+
+def test_polish_keeps_a_free_coordinate_within_tolerance_of_its_bound_on_it() -> None:
+    """A free coordinate whose exact value lies below its bound by less than the tolerance is
+    put on the bound: polish's answer is feasible."""
+    gramian, preferences = make(rand, 12, 0), upgrad_preferences(12)
+    root = gramian.diagonal().sqrt()
+    scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)
+    exact = project_weights(preferences, gramian, solver="quadprog")[:1] * root
+    lower = preferences[:1] * root
+    free = exact > lower + 1e-9
+    j = int(torch.nonzero(free[0] & (torch.arange(12) != 0))[0])
+    tolerance = _dual_cone_pivot.PIVOTING_TOLERANCE * float(lower.amax())
+    lower[0, j] = exact[0, j] + tolerance / 2  # the exact solve on the same free set: ℓ_j − tol/2
+    qp = BoxQP(scaled, torch.zeros_like(lower), lower)
+    point = torch.where(free, exact, lower)
+    point[0, j] += 1e-3
+    polished = _dual_cone_pivot.polish(qp, point)
+    assert polished[0, j] == lower[0, j]
+    assert (polished >= lower).all()
+
+
+def test_admm_goes_on_in_float64_once_float32_solved_half_the_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Float32 solves the even rows only: the float64 phase runs on them alone, and they are
+    the rows returned as solved, with answers that meet the KKT conditions."""
+    qp = _scaled_problem(rand, 64)[0]
+    real = _dual_cone_splitting._run
+    sizes = []
+
+    def even_rows_only(qp, t, step, *args, **kwargs):
+        sizes.append(len(t))
+        t, solved = real(qp, t, step, *args, **kwargs)
+        if qp.matrix.dtype == torch.float32:
+            solved = solved & (torch.arange(len(solved)) % 2 == 0)
+        return t, solved
+
+    monkeypatch.setattr(_dual_cone_splitting, "_run", even_rows_only)
+    x, solved = splitting(qp, None, tolerance=1e-8, max_iter=80)
+    assert sizes == [64, 32]
+    assert solved.tolist() == [i % 2 == 0 for i in range(64)]
+    even = BoxQP(qp.matrix, qp.linear[::2], qp.lower[::2])
+    assert not unsolved(even, x[::2], x[::2] @ qp.matrix, 1e-8).any()
+    assert (x >= qp.lower).all()
 
 
 def test_final_check_is_the_largest_kkt_residual() -> None:
