@@ -15,7 +15,7 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   that ``G⁻¹`` would be inaccurate, the primal otherwise (and after all, when the dual's
   answer fails the final check). Near rank m/2, where ADMM (below) runs, its primal goes
   first, and the dual takes over when it solves no row or its answer fails the final check;
-- for ``56 ≤ m ≤ 4096``, over-relaxed ADMM first
+- for ``32 ≤ m ≤ 4096``, over-relaxed ADMM first
   (:mod:`._dual_cone_splitting`): all rows share one ``(M + ρI)⁻¹``, so a step is one matrix
   product and two elementwise operations; float32 steps until the rows are solved to 1e-6,
   then float64 ones to the final tolerance. It converges at the speed of the reduced problems,

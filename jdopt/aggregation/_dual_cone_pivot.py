@@ -22,9 +22,10 @@ from ._dual_cone_splitting import RHO, splitting
 
 # ADMM first for _SPLITTING_MIN_SIZE ≤ m ≤ _SPLITTING_MAX_SIZE, with at most _SPLITTING_STEPS
 # float32 steps (and half as many float64 ones). On UPGrad's Gramians it is faster than the
-# pivoting path from m = 56 to m = 1024 (measured; 1.5–2.5× at m = 64–128); below, FISTA's
-# guess and a small batched Cholesky cost less. See benchmarks/dual_cone.py.
-_SPLITTING_MIN_SIZE, _SPLITTING_MAX_SIZE, _SPLITTING_STEPS = 56, 4096, 80
+# pivoting path from m = 32 to m = 1024 (measured: 1.5–2.5× at m = 64–128, a third less time
+# at m = 32 over random Jacobians of ranks 5 to m); below, FISTA's guess and a small batched
+# Cholesky cost less. See benchmarks/dual_cone.py.
+_SPLITTING_MIN_SIZE, _SPLITTING_MAX_SIZE, _SPLITTING_STEPS = 32, 4096, 80
 
 # FISTA before pivoting, by size: (largest m, most steps, restart period or None). Small
 # problems pivot cheaply. Beyond SMALL_MAX_SIZE, FISTA runs in float32: up to

@@ -20,10 +20,10 @@ residual of 1e-8 with one fixed ``ρ`` (the Jacobi scaling gives ``M`` a unit di
 
 Rows are checked against the KKT conditions at ``z`` (which is feasible) every
 ``_CHECK_PERIOD`` steps (half as many in float64); solved rows leave the batch once they are
-half of it. A float64 problem first runs
-in float32 (products twice as fast) until its rows are solved to 1e-6, then in float64, unless
-float32 solved fewer than ``_ENOUGH`` of them (slow convergence: every row is then left to
-the caller); the caller finishes the rows that do not converge by pivoting.
+half of it. A float64 problem first runs in float32 (products twice as fast) until its rows
+are solved to 1e-6, then in float64, unless float32 solved fewer than ``_ENOUGH`` of them
+(slow convergence: every row is then left to the caller); the caller finishes the rows that
+do not converge by pivoting.
 
 Boyd, Parikh, Chu, Peleato & Eckstein, *Distributed optimization and statistical learning via
 the alternating direction method of multipliers*, 2011 (§3.4.3, over-relaxation); Stellato
@@ -64,9 +64,9 @@ def splitting(
     """Runs ADMM on ``qp`` from ``x`` (or a cold start) until every row meets the KKT
     conditions to ``tolerance`` (relative to :meth:`BoxQP.scale`) or the steps run out.
 
-    A float64 ``qp`` runs at most ``max_iter`` float32 steps, then (on the rows they solved to
-    ``_FLOAT32_TOLERANCE``, when those are at least ``_ENOUGH`` of them) at most
-    ``max_iter // 2`` float64 ones, checked twice as often.
+    A float64 ``qp`` runs at most ``max_iter`` float32 steps, then (when they solved at least
+    ``_ENOUGH`` of the rows to ``_FLOAT32_TOLERANCE``) at most ``max_iter // 2`` float64 ones on
+    every row, checked twice as often.
 
     Returns ``(z, solved)``: the feasible iterate ``z ≥ ℓ`` and ``[k]`` which rows meet the
     conditions. ``rho`` is the penalty ``ρ``.
@@ -93,19 +93,11 @@ def splitting(
     count = int(rough_solved.count_nonzero())
     if count < _ENOUGH * len(t):  # slow: pivoting will do better
         return lower + t.clamp_min_(0), torch.zeros_like(rough_solved)
-    # The rows float32 left (slow ones) go to pivoting; the others on in float64.
-    slack = scale.mul_(tolerance)
-    if count == len(t):
-        step = (weight, bias, gradient_at_lower, slack)
-        t, solved = _run(qp, t, step, max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2)
-        return lower + t.clamp_min_(0), solved
-    rows = rough_solved.nonzero().squeeze(1)
-    sub = BoxQP(qp.matrix, qp.linear[rows], lower[rows])
-    step = (weight, bias[rows], gradient_at_lower[rows], slack[rows])
-    t[rows], rough_solved[rows] = _run(
-        sub, t[rows], step, max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2
-    )
-    return lower + t.clamp_min_(0), rough_solved
+    # Every row goes on in float64, those float32 left too: most of them only sit at float32's
+    # rounding floor, just above its tolerance (the slow ones go to pivoting after it).
+    step = (weight, bias, gradient_at_lower, scale.mul_(tolerance))
+    t, solved = _run(qp, t, step, max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2)
+    return lower + t.clamp_min_(0), solved
 
 
 def _start(qp: BoxQP, x: Tensor | None, tolerance: float, rho: float) -> Tensor:
