@@ -14,7 +14,8 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   a ridge (its free set lies in the large, flat part of ``G⁻¹``) unless the ridge is so small
   that ``G⁻¹`` would be inaccurate, the primal otherwise (and after all, when the dual's
   answer fails the final check). Near rank m/2, where ADMM (below) runs, its primal goes
-  first, and the dual takes over when it solves no row or its answer fails the final check;
+  first (stopping early when its rate of convergence says it would not finish in time), and
+  the dual takes over when it solves no row or its answer fails the final check;
 - for ``32 ≤ m ≤ 4096``, over-relaxed ADMM first
   (:mod:`._dual_cone_splitting`): all rows share one ``(M + ρI)⁻¹``, so a step is one matrix
   product and two elementwise operations; float32 steps until the rows are solved to 1e-6,

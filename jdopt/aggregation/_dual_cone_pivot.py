@@ -75,7 +75,12 @@ def solve_box(
     max_iter = _PIVOTING_STEPS + m // 2
     if splitting_first and splits(m):
         x, solved = splitting(
-            qp, x, tolerance=PIVOTING_TOLERANCE, max_iter=_SPLITTING_STEPS, rho=penalty
+            qp,
+            x,
+            tolerance=PIVOTING_TOLERANCE,
+            max_iter=_SPLITTING_STEPS,
+            rho=penalty,
+            give_up=not pivot_all,
         )
         if bool(solved.all()):
             return x, True

@@ -32,6 +32,8 @@ et al., *OSQP: an operator splitting solver for quadratic programs*, 2020.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -59,7 +61,13 @@ _FEW, _PATIENCE = 8, 2
 
 
 def splitting(
-    qp: BoxQP, x: Tensor | None, *, tolerance: float, max_iter: int, rho: float = RHO
+    qp: BoxQP,
+    x: Tensor | None,
+    *,
+    tolerance: float,
+    max_iter: int,
+    rho: float = RHO,
+    give_up: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Runs ADMM on ``qp`` from ``x`` (or a cold start) until every row meets the KKT
     conditions to ``tolerance`` (relative to :meth:`BoxQP.scale`) or the steps run out.
@@ -69,7 +77,9 @@ def splitting(
     every row, checked twice as often.
 
     Returns ``(z, solved)``: the feasible iterate ``z ≥ ℓ`` and ``[k]`` which rows meet the
-    conditions. ``rho`` is the penalty ``ρ``.
+    conditions. ``rho`` is the penalty ``ρ``. With ``give_up``, the float32 phase stops early
+    when, at the rate measured between two checks, it would not solve ``_ENOUGH`` of the rows
+    in its steps (for a caller with a better plan than pivoting from ``z``).
     """
     lower = qp.lower
     if x is not None:
@@ -88,7 +98,7 @@ def splitting(
     t = _start(rough, None if x is None else x.float(), tolerance, rho)
     rough_step = (weight.float(), bias.float(), gradient_at_lower.float(), scale.float())
     rough_step[3].mul_(_FLOAT32_TOLERANCE)
-    t, rough_solved = _run(rough, t, rough_step, max_iter, first)
+    t, rough_solved = _run(rough, t, rough_step, max_iter, first, give_up=give_up)
     t = t.double()
     count = int(rough_solved.count_nonzero())
     if count < _ENOUGH * len(t):  # slow: pivoting will do better
@@ -119,9 +129,13 @@ def _run(
     max_iter: int,
     first_check: int,
     period: int = _CHECK_PERIOD,
+    *,
+    give_up: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """ADMM steps in the dtype of ``qp``, checked at step ``first_check``, every ``period``
-    steps after it, and at the last; returns ``(t, solved rows)``.
+    steps after it, and at the last; returns ``(t, solved rows)``. With ``give_up``, they stop
+    when fewer than half the rows are solved and the middle row would not be by ``max_iter``
+    (see :func:`_too_slow`).
 
     ``step`` holds :func:`_step`'s ``(weight, bias)``, the gradient ``ℓM − b`` at the bounds
     and the ``[k]`` absolute tolerances of the check. Once half the rows of the batch are
@@ -132,6 +146,7 @@ def _run(
     result, rows = t, None
     weight, bias, gradient_at_lower, slack = step
     matrix = qp.matrix
+    previous = math.inf  # the middle row's violation at the last check, in tolerances
     magnitude = torch.empty_like(t)
     patience = _PATIENCE
     for iteration in range(1, max_iter + 1):
@@ -147,10 +162,16 @@ def _run(
         gradient = torch.clone(gradient_at_lower).addmm_(excess, matrix)
         # The conditions of _dual_cone_active.unsolved, in fewer operations (z ≥ ℓ holds here):
         # g ≥ 0 everywhere and g = 0 off the bounds, i.e. |min(z − ℓ, g)| ≤ slack.
-        done = torch.minimum(excess, gradient, out=gradient).abs_().amax(dim=1) <= slack
+        violation = torch.minimum(excess, gradient, out=gradient).abs_().amax(dim=1)
+        done = violation <= slack
         count = int(done.count_nonzero())
         if count == len(done):
             break
+        if give_up and rows is None and 2 * count < len(done):
+            level = float(violation.div_(slack).median())
+            if _too_slow(previous, level, period, max_iter - iteration):
+                break
+            previous = level
         if len(done) * _FEW <= len(result):
             patience -= 1
             if patience < 0:  # the last few rows converge slowly: pivoting finishes them
@@ -169,6 +190,17 @@ def _run(
     solved = torch.ones(len(result), dtype=torch.bool, device=t.device)
     solved[rows] = done
     return result, solved
+
+
+def _too_slow(previous: float, level: float, period: int, steps_left: int) -> bool:
+    """Whether a violation that went from ``previous`` to ``level`` (in tolerances) over the
+    last ``period`` steps would still be above 1 after ``steps_left`` more, converging linearly
+    at that rate (``previous`` is infinite at the first check: no rate yet)."""
+    if math.isinf(previous):
+        return False
+    if not level < previous:  # no progress (NaN too)
+        return True
+    return period * math.log(level) / math.log(previous / level) > steps_left
 
 
 def _step(qp: BoxQP, rho: float) -> tuple[Tensor, Tensor]:

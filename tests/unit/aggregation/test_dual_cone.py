@@ -616,7 +616,9 @@ def test_admm_that_float32_cannot_settle_hands_every_row_to_pivoting(
     phases = []
     real = _dual_cone_splitting._run
     monkeypatch.setattr(
-        _dual_cone_splitting, "_run", lambda qp, *a: phases.append(qp.matrix.dtype) or real(qp, *a)
+        _dual_cone_splitting,
+        "_run",
+        lambda qp, *a, **kw: phases.append(qp.matrix.dtype) or real(qp, *a, **kw),
     )
     qp, preferences, gramian, _ = _scaled_problem(low_rank, 64)
     _, solved = splitting(qp, None, tolerance=1e-8, max_iter=40)
@@ -834,6 +836,48 @@ def test_admm_goes_on_in_float64_with_every_row_once_float32_solved_half_of_them
     assert solved.all()
     assert not unsolved(qp, x, x @ qp.matrix, 1e-8).any()
     assert (x >= qp.lower).all()
+
+
+@pytest.mark.parametrize(
+    ("previous", "level", "steps_left", "expected"),
+    [
+        (math.inf, 1e3, 10, False),  # the first check: no rate yet
+        (1e4, 1e3, 30, False),  # a decade per 10 steps: 1 after 30 more
+        (1e4, 1e3, 29, True),
+        (1e3, 1e3, 1000, True),  # no progress
+        (1e3, math.nan, 1000, True),
+    ],
+)
+def test_admm_gives_up_when_the_rate_says_it_would_not_converge_in_time(
+    previous: float, level: float, steps_left: int, expected: bool
+) -> None:
+    assert _dual_cone_splitting._too_slow(previous, level, 10, steps_left) is expected
+
+
+def test_a_primal_admm_that_would_not_converge_gives_up_early_near_rank_m_over_2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only where the caller has a better plan than pivoting from ADMM's answer (the dual):
+    the float32 phase stops at its second check, and the dual solves the problem."""
+    generator = torch.Generator().manual_seed(0)
+    jacobian = _randn(generator, 64, 30) @ _randn(generator, 30, 1000)  # rank m/2 or so
+    gramian, preferences = gramian_of(jacobian), upgrad_preferences(64)
+    root = gramian.diagonal().sqrt()
+    scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)
+    assert 0.3 <= _dual_cone._participation(scaled, torch.linalg.cholesky(scaled)) < 0.4
+    verdicts = []
+    real = _dual_cone_splitting._too_slow
+    monkeypatch.setattr(
+        _dual_cone_splitting, "_too_slow", lambda *a: verdicts.append(real(*a)) or verdicts[-1]
+    )
+    duals = []
+    real_dual = _dual_cone._dual
+    monkeypatch.setattr(_dual_cone, "_dual", lambda *a: duals.append(1) or real_dual(*a))
+    weights = project_weights(preferences, gramian)
+    assert verdicts[:2] == [False, True]  # the primal's: no rate at its first check, then stop
+    assert duals
+    assert_kkt(weights, preferences, gramian)
+    assert_close_to(weights, project_weights(preferences, gramian, solver="quadprog"))
 
 
 def test_final_check_is_the_largest_kkt_residual() -> None:
