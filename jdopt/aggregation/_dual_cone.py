@@ -157,10 +157,12 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     admm = splits(len(scaled))
     ratio = _participation(scaled, factor)
     qp = BoxQP(scaled, torch.zeros_like(lower), lower)
-    if admm and _DUAL_RANK_FRACTION_ADMM <= ratio < _DUAL_RANK_FRACTION:
-        # Near rank m/2: the primal when its ADMM converges, else the dual (its ADMM, whose
-        # answer pivoting starts from).
-        solution, _ = solve_box(qp, start, penalty=_penalty(factor), pivot_all=False)
+    if admm and ratio >= _DUAL_RANK_FRACTION_ADMM:
+        # The primal's ADMM. Near rank m/2 (below _DUAL_RANK_FRACTION) only when it converges:
+        # otherwise the dual (its ADMM, whose answer pivoting starts from).
+        solution, _ = solve_box(
+            qp, start, penalty=_penalty(factor), pivot_all=ratio >= _DUAL_RANK_FRACTION
+        )
         if solution is not None:
             weights = torch.maximum(solution / root, preferences)
             if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
@@ -178,12 +180,7 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
             if not from_splitting:  # pivoting's own answer: G⁻¹ is not accurate enough
                 break
             splitting_first = False
-        admm = False  # (badly conditioned G): the primal, by pivoting
-    if admm:
-        solution, _ = solve_box(qp, start, penalty=_penalty(factor))
-        weights = torch.maximum(solution / root, preferences)
-        if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
-            return weights
+    # After ADMM's answer, or the dual's (badly conditioned G): the primal, by pivoting.
     solution, _ = solve_box(qp, start, splitting_first=False)
     weights = torch.maximum(solution / root, preferences)
     residual = _residual(weights, preferences, gramian)

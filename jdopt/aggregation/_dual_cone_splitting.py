@@ -92,7 +92,7 @@ def splitting(
     if qp.matrix.dtype != torch.float64:
         t = _start(qp, x, tolerance, rho)
         step = (weight, bias, gradient_at_lower, scale * tolerance)
-        t, solved = _run(qp, t, step, max_iter, first)
+        t, solved = _run(qp, t, step, max_iter, first, give_up=give_up)
         return lower + t.clamp_min_(0), solved
     rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
     t = _start(rough, None if x is None else x.float(), tolerance, rho)
