@@ -144,7 +144,9 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     root = gramian.diagonal().sqrt()
     scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)  # unit diagonal
     factor, info = torch.linalg.cholesky_ex(scaled)
-    if int(info) != 0 or not bool((root > 0).all()):
+    # NaN where G has a non-finite or non-positive diagonal entry (scaled has NaN there).
+    pivot = float(factor.diagonal().amin())
+    if int(info) != 0 or not pivot > 0:
         raise ValueError(
             "`gramian` should be positive definite. Found a Gramian whose Cholesky "
             "factorisation fails. Add a ridge (`gramian + eps * I`, e.g. eps=1e-4 after "
@@ -155,9 +157,10 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     # ADMM's tolerance is relative to the scaled problem: an answer of ADMM that misses the final
     # check is solved again by pivoting alone (which otherwise only finishes what ADMM leaves).
     admm = splits(len(scaled))
-    ratio = _participation(scaled, factor)
-    qp = BoxQP(scaled, torch.zeros_like(lower), lower)
+    ratio = _participation(scaled, pivot)
+    qp = None  # the primal problem, posed where it is solved
     if admm and ratio >= _DUAL_RANK_FRACTION_ADMM:
+        qp = BoxQP(scaled, torch.zeros_like(lower), lower)
         # The primal's ADMM. Near rank m/2 (below _DUAL_RANK_FRACTION) only when it converges:
         # otherwise the dual (its ADMM, whose answer pivoting starts from).
         solution, _ = solve_box(
@@ -181,6 +184,7 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
                 break
             splitting_first = False
     # After ADMM's answer, or the dual's (badly conditioned G): the primal, by pivoting.
+    qp = BoxQP(scaled, torch.zeros_like(lower), lower) if qp is None else qp
     solution, _ = solve_box(qp, start, splitting_first=False)
     weights = torch.maximum(solution / root, preferences)
     residual = _residual(weights, preferences, gramian)
@@ -232,15 +236,16 @@ def _residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> float:
     return float(torch.maximum(gap, dual).div_(size).amax()) / float(gramian.diagonal().amax())
 
 
-def _participation(scaled: Tensor, factor: Tensor) -> float:
-    """The participation ratio ``trace²/‖G‖²_F`` of ``scaled`` (unit diagonal, Cholesky factor
-    ``factor``) as a fraction of m: small when ``G`` is close to low-rank plus a ridge. Infinite
-    when ``G`` is conditioned too badly for its inverse (the dual's matrix) to be accurate.
+def _participation(scaled: Tensor, pivot: float) -> float:
+    """The participation ratio ``trace²/‖G‖²_F`` of ``scaled`` (unit diagonal, smallest
+    Cholesky pivot ``pivot``) as a fraction of m: small when ``G`` is close to low-rank plus a
+    ridge. Infinite when ``G`` is conditioned too badly for its inverse (the dual's matrix) to
+    be accurate.
 
-    ``1 / min diag(factor)²`` is a lower bound on the condition number: each squared pivot is
-    at least the smallest eigenvalue, and the largest is at least 1.
+    ``1 / pivot²`` is a lower bound on the condition number: each squared pivot is at least the
+    smallest eigenvalue, and the largest is at least 1.
     """
-    if float(factor.diagonal().amin()) ** -2 > _DUAL_MAX_CONDITION:
+    if pivot**-2 > _DUAL_MAX_CONDITION:
         return math.inf
     return scaled.shape[0] / float(torch.linalg.vector_norm(scaled)) ** 2
 

@@ -18,9 +18,10 @@ Unlike projected gradient methods, whose speed follows the condition number of t
 coordinates, which is much better conditioned on UPGrad's Gramians: tens of steps to a KKT
 residual of 1e-8 with one fixed ``ρ`` (the Jacobi scaling gives ``M`` a unit diagonal).
 
-Rows are checked against the KKT conditions at ``z`` (which is feasible) every
-``_CHECK_PERIOD`` steps (half as many in float64); solved rows leave the batch once they are
-half of it. A float64 problem first runs in float32 (products twice as fast) until its rows
+Rows are checked against the KKT conditions at ``z`` (which is feasible) when the slowest of
+them should meet them, predicted from its violation and the rate of convergence measured
+between two checks (at most ``_CHECK_PERIOD`` steps apart); solved rows leave the batch once
+they are half of it. A float64 problem first runs in float32 (products twice as fast) until its rows
 are solved to 1e-6, then in float64, unless float32 solved fewer than ``_ENOUGH`` of them
 (slow convergence: every row is then left to the caller); the caller finishes the rows that
 do not converge by pivoting.
@@ -43,13 +44,21 @@ from ._dual_cone_box import BoxQP
 # Gramians (full rank and low rank, m = 64–1024; OSQP's adaptive penalty lowered ρ where 0.5
 # was better). Callers may pass a better ρ (see _dual_cone._penalty).
 RHO, _RELAXATION = 0.5, 1.8
-# KKT check every _CHECK_PERIOD steps, from step _FIRST_CHECK on (from a cold start, hardly
-# any row converges sooner; from a warm start, from step _CHECK_PERIOD on). With a penalty
-# below _FAST_PENALTY, from step _SLOW_FIRST_CHECK on: such problems (the dual, random
-# Jacobians, per-sample CNN Gramians) converged in 20 to 40 steps in every measured case,
-# those of per-sample MLP Gramians (ρ ≈ 0.9) in 6 to 17.
+# The first KKT check comes at step _FIRST_CHECK (from a cold start, hardly any row converges
+# sooner; from a warm start, at step _CHECK_PERIOD). With a penalty below _FAST_PENALTY, at
+# step _SLOW_FIRST_CHECK: such problems (the dual, random Jacobians, per-sample CNN Gramians)
+# converged in 20 to 40 steps in every measured case, those of per-sample MLP Gramians
+# (ρ ≈ 0.9) in 6 to 17. The float64 phase checks first at step _FLOAT64_FIRST_CHECK: it needed
+# 1 to 14 steps on the measured problems, 1 or 2 on per-sample MLP Gramians and low-rank ones
+# at m = 256 (the first check then also sets the pace of the next).
 _CHECK_PERIOD, _FIRST_CHECK = 10, 20
 _SLOW_FIRST_CHECK, _FAST_PENALTY = 30, 0.8
+_FLOAT64_FIRST_CHECK = 3
+# Each later check comes when the slowest row should meet the tolerance, at most
+# _CHECK_PERIOD steps on: its violation falls linearly at the rate measured between the last
+# two checks, or at _RATE per step where that is faster or unknown (measured on UPGrad's
+# Gramians: 0.45 to 0.8 per step; a check costs about two steps at m = 64).
+_RATE = 0.75
 # The float32 phase stops at this relative KKT residual ...
 _FLOAT32_TOLERANCE = 1e-6
 # ... and goes on in float64 when it has solved this fraction of the rows (near rank m/2, a
@@ -74,7 +83,7 @@ def splitting(
 
     A float64 ``qp`` runs at most ``max_iter`` float32 steps, then (when they solved at least
     ``_ENOUGH`` of the rows to ``_FLOAT32_TOLERANCE``) at most ``max_iter // 2`` float64 ones on
-    every row, checked twice as often.
+    every row.
 
     Returns ``(z, solved)``: the feasible iterate ``z ≥ ℓ`` and ``[k]`` which rows meet the
     conditions. ``rho`` is the penalty ``ρ``. With ``give_up``, the float32 phase stops early
@@ -92,13 +101,12 @@ def splitting(
     if qp.matrix.dtype != torch.float64:
         t = _start(qp, x, tolerance, rho)
         step = (weight, bias, gradient_at_lower, scale * tolerance)
-        t, solved = _run(qp, t, step, max_iter, first, give_up=give_up)
+        t, solved = _run(qp.matrix, t, step, max_iter, first, give_up=give_up)
         return lower + t.clamp_min_(0), solved
-    rough = BoxQP(qp.matrix.float(), qp.linear.float(), lower.float())
-    t = _start(rough, None if x is None else x.float(), tolerance, rho)
+    t = _start(qp, x, tolerance, rho).float()
     rough_step = (weight.float(), bias.float(), gradient_at_lower.float(), scale.float())
     rough_step[3].mul_(_FLOAT32_TOLERANCE)
-    t, rough_solved = _run(rough, t, rough_step, max_iter, first, give_up=give_up)
+    t, rough_solved = _run(qp.matrix.float(), t, rough_step, max_iter, first, give_up=give_up)
     t = t.double()
     count = int(rough_solved.count_nonzero())
     if count < _ENOUGH * len(t):  # slow: pivoting will do better
@@ -106,7 +114,7 @@ def splitting(
     # Every row goes on in float64, those float32 left too: most of them only sit at float32's
     # rounding floor, just above its tolerance (the slow ones go to pivoting after it).
     step = (weight, bias, gradient_at_lower, scale.mul_(tolerance))
-    t, solved = _run(qp, t, step, max_iter // 2, _CHECK_PERIOD, _CHECK_PERIOD // 2)
+    t, solved = _run(qp.matrix, t, step, max_iter // 2, _FLOAT64_FIRST_CHECK)
     return lower + t.clamp_min_(0), solved
 
 
@@ -123,19 +131,18 @@ def _start(qp: BoxQP, x: Tensor | None, tolerance: float, rho: float) -> Tensor:
 
 
 def _run(
-    qp: BoxQP,
+    matrix: Tensor,
     t: Tensor,
     step: tuple[Tensor, Tensor, Tensor, Tensor],
     max_iter: int,
     first_check: int,
-    period: int = _CHECK_PERIOD,
     *,
     give_up: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """ADMM steps in the dtype of ``qp``, checked at step ``first_check``, every ``period``
-    steps after it, and at the last; returns ``(t, solved rows)``. With ``give_up``, they stop
-    when fewer than half the rows are solved and the middle row would not be by ``max_iter``
-    (see :func:`_too_slow`).
+    """ADMM steps in the dtype of ``matrix`` (``M``), checked at step ``first_check``, then when the
+    slowest row should be solved (see :func:`_gap`), and at the last; returns
+    ``(t, solved rows)``. With ``give_up``, they stop when fewer than half the rows are solved
+    and the middle row would not be by ``max_iter`` (see :func:`_too_slow`).
 
     ``step`` holds :func:`_step`'s ``(weight, bias)``, the gradient ``ℓM − b`` at the bounds
     and the ``[k]`` absolute tolerances of the check. Once half the rows of the batch are
@@ -145,8 +152,9 @@ def _run(
     # it: those still in it at the end are solved only if the last check says so.
     result, rows = t, None
     weight, bias, gradient_at_lower, slack = step
-    matrix = qp.matrix
-    previous = math.inf  # the middle row's violation at the last check, in tolerances
+    # The largest and the middle violation at the last check, in tolerances, and its step.
+    previous_worst = previous_middle = math.inf
+    last, next_check = 0, first_check
     magnitude = torch.empty_like(t)
     patience = _PATIENCE
     for iteration in range(1, max_iter + 1):
@@ -154,9 +162,7 @@ def _run(
         torch.abs(t, out=magnitude)
         torch.add(bias, t, alpha=1 - _RELAXATION / 2, out=t)
         t.addmm_(magnitude, weight)
-        if iteration != max_iter and (
-            iteration < first_check or (iteration - first_check) % period
-        ):
+        if iteration < next_check and iteration != max_iter:
             continue
         excess = torch.clamp_min(t, 0, out=magnitude)  # z − ℓ
         gradient = torch.clone(gradient_at_lower).addmm_(excess, matrix)
@@ -167,11 +173,15 @@ def _run(
         count = int(done.count_nonzero())
         if count == len(done):
             break
+        level = violation.div_(slack)
+        worst = float(level.amax())
+        gap = _gap(previous_worst, worst, iteration - last)
         if give_up and rows is None and 2 * count < len(done):
-            level = float(violation.div_(slack).median())
-            if _too_slow(previous, level, period, max_iter - iteration):
+            middle = float(level.median())
+            if _too_slow(previous_middle, middle, iteration - last, max_iter - iteration):
                 break
-            previous = level
+            previous_middle = middle
+        previous_worst, last, next_check = worst, iteration, iteration + gap
         if len(done) * _FEW <= len(result):
             patience -= 1
             if patience < 0:  # the last few rows converge slowly: pivoting finishes them
@@ -192,15 +202,32 @@ def _run(
     return result, solved
 
 
-def _too_slow(previous: float, level: float, period: int, steps_left: int) -> bool:
+def _gap(previous: float, worst: float, steps: int) -> int:
+    """Steps to the next check: until a violation of ``worst`` tolerances (the slowest row's,
+    ``previous`` at the check ``steps`` before, infinite at the first) falls to 1, at the rate
+    measured between the two or ``_RATE`` per step, whichever is slower; at most
+    ``_CHECK_PERIOD``, which is also the answer without progress (or with a zero tolerance,
+    or NaN)."""
+    rate = _RATE
+    if not math.isinf(previous):
+        if not worst < previous:
+            return _CHECK_PERIOD
+        rate = max(rate, (worst / previous) ** (1 / steps))
+    steps_left = math.log(worst) / -math.log(rate)
+    if not steps_left < _CHECK_PERIOD:
+        return _CHECK_PERIOD
+    return max(1, math.ceil(steps_left))
+
+
+def _too_slow(previous: float, level: float, steps: int, steps_left: int) -> bool:
     """Whether a violation that went from ``previous`` to ``level`` (in tolerances) over the
-    last ``period`` steps would still be above 1 after ``steps_left`` more, converging linearly
+    last ``steps`` steps would still be above 1 after ``steps_left`` more, converging linearly
     at that rate (``previous`` is infinite at the first check: no rate yet)."""
     if math.isinf(previous):
         return False
     if not level < previous:  # no progress (NaN too)
         return True
-    return period * math.log(level) / math.log(previous / level) > steps_left
+    return steps * math.log(level) / math.log(previous / level) > steps_left
 
 
 def _step(qp: BoxQP, rho: float) -> tuple[Tensor, Tensor]:
@@ -214,6 +241,10 @@ def _step(qp: BoxQP, rho: float) -> tuple[Tensor, Tensor]:
     weight.diagonal().sub_(_RELAXATION / 2)
     # α (c − ℓ) = α ((ρℓ + b)(M + ρI)⁻¹ − ℓ)
     bias = torch.addmm(
-        qp.lower, qp.lower * rho + qp.linear, inverse, beta=-_RELAXATION, alpha=_RELAXATION
+        qp.lower,
+        torch.add(qp.linear, qp.lower, alpha=rho),
+        inverse,
+        beta=-_RELAXATION,
+        alpha=_RELAXATION,
     )
     return weight, bias

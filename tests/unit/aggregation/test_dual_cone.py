@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -618,7 +619,7 @@ def test_admm_that_float32_cannot_settle_hands_every_row_to_pivoting(
     monkeypatch.setattr(
         _dual_cone_splitting,
         "_run",
-        lambda qp, *a, **kw: phases.append(qp.matrix.dtype) or real(qp, *a, **kw),
+        lambda matrix, *a, **kw: phases.append(matrix.dtype) or real(matrix, *a, **kw),
     )
     qp, preferences, gramian, _ = _scaled_problem(low_rank, 64)
     _, solved = splitting(qp, None, tolerance=1e-8, max_iter=40)
@@ -745,18 +746,58 @@ def test_near_rank_m_over_2_a_primal_admm_that_gives_up_hands_over_to_the_dual(
 def test_admm_from_a_cold_start_first_checks_slow_problems_later(
     rho: float, first: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Problems with a small penalty take 20 to 40 steps: no check before step 30."""
+    """Problems with a small penalty take 20 to 40 steps: no check before step 30. The float64
+    phase, which often needs a step or two only, checks first at step 3."""
     firsts = []
     real = _dual_cone_splitting._run
 
-    def spy(qp, t, step, max_iter, first_check, *args, **kwargs):
-        firsts.append(first_check)
-        return real(qp, t, step, max_iter, first_check, *args, **kwargs)
+    def spy(matrix, t, step, max_iter, first_check, *args, **kwargs):
+        firsts.append((matrix.dtype, first_check))
+        return real(matrix, t, step, max_iter, first_check, *args, **kwargs)
 
     monkeypatch.setattr(_dual_cone_splitting, "_run", spy)
     qp = _scaled_problem(rand, 64)[0]
     splitting(qp, None, tolerance=1e-8, max_iter=80, rho=rho)
-    assert firsts[0] == first  # the float32 phase (float64's checks from step 10)
+    assert firsts == [(torch.float32, first), (F64, 3)]
+
+
+@pytest.mark.parametrize(
+    ("previous", "worst", "steps", "expected"),
+    [
+        (math.inf, 3.0, 0, 4),  # no rate yet: 0.75 per step, log 3 / −log 0.75 = 3.8
+        (math.inf, 1.1, 0, 1),  # at least one step
+        (math.inf, 1e6, 0, 10),  # at most _CHECK_PERIOD
+        (100.0, 8.0, 2, 8),  # measured faster than 0.75: 0.75 (7.2 steps)
+        (2.0, 1.5, 2, 3),  # measured 0.87 per step: 2.8 steps
+        (16.0, 8.0, 10, 10),  # measured 0.93 per step: 30 steps, capped
+        (5.0, 5.0, 10, 10),  # no progress
+        (5.0, math.nan, 10, 10),
+        (math.inf, math.inf, 0, 10),  # a zero tolerance
+    ],
+)
+def test_admm_next_check_comes_when_the_slowest_row_should_be_solved(
+    previous: float, worst: float, steps: int, expected: int
+) -> None:
+    assert _dual_cone_splitting._gap(previous, worst, steps) == expected
+
+
+def test_admm_checks_where_the_last_one_predicted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps between two checks of a phase are the gap the first of them chose."""
+    calls = []
+    real = _dual_cone_splitting._gap
+
+    def spy(previous, worst, steps):
+        calls.append((previous, steps, real(previous, worst, steps)))
+        return calls[-1][2]
+
+    monkeypatch.setattr(_dual_cone_splitting, "_gap", spy)
+    qp = _scaled_problem(rand, 64)[0]
+    _, solved = splitting(qp, None, tolerance=1e-8, max_iter=80)
+    assert solved.all()
+    pairs = [(a[2], b[1]) for a, b in itertools.pairwise(calls) if not math.isinf(b[0])]
+    assert pairs  # (a new phase starts with no previous check)
+    for gap, steps in pairs:
+        assert steps == gap
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -823,10 +864,10 @@ def test_admm_goes_on_in_float64_with_every_row_once_float32_solved_half_of_them
     real = _dual_cone_splitting._run
     sizes = []
 
-    def even_rows_only(qp, t, step, *args, **kwargs):
+    def even_rows_only(matrix, t, step, *args, **kwargs):
         sizes.append(len(t))
-        t, solved = real(qp, t, step, *args, **kwargs)
-        if qp.matrix.dtype == torch.float32:
+        t, solved = real(matrix, t, step, *args, **kwargs)
+        if matrix.dtype == torch.float32:
             solved = solved & (torch.arange(len(solved)) % 2 == 0)
         return t, solved
 
@@ -864,7 +905,8 @@ def test_a_primal_admm_that_would_not_converge_gives_up_early_near_rank_m_over_2
     gramian, preferences = gramian_of(jacobian), upgrad_preferences(64)
     root = gramian.diagonal().sqrt()
     scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)
-    assert 0.3 <= _dual_cone._participation(scaled, torch.linalg.cholesky(scaled)) < 0.4
+    pivot = float(torch.linalg.cholesky(scaled).diagonal().min())
+    assert 0.3 <= _dual_cone._participation(scaled, pivot) < 0.4
     verdicts = []
     real = _dual_cone_splitting._too_slow
     monkeypatch.setattr(
