@@ -144,7 +144,8 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
     root = gramian.diagonal().sqrt()
     scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)  # unit diagonal
     factor, info = torch.linalg.cholesky_ex(scaled)
-    # NaN where G has a non-finite or non-positive diagonal entry (scaled has NaN there).
+    # LAPACK reports NaN through `info`; the pivot check also catches a factor with NaN (where
+    # G has a non-finite entry or a non-positive diagonal one) from a backend that does not.
     pivot = float(factor.diagonal().amin())
     if int(info) != 0 or not pivot > 0:
         raise ValueError(

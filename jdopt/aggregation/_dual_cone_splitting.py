@@ -21,10 +21,10 @@ residual of 1e-8 with one fixed ``ρ`` (the Jacobi scaling gives ``M`` a unit di
 Rows are checked against the KKT conditions at ``z`` (which is feasible) when the slowest of
 them should meet them, predicted from its violation and the rate of convergence measured
 between two checks (at most ``_CHECK_PERIOD`` steps apart); solved rows leave the batch once
-they are half of it. A float64 problem first runs in float32 (products twice as fast) until its rows
-are solved to 1e-6, then in float64, unless float32 solved fewer than ``_ENOUGH`` of them
-(slow convergence: every row is then left to the caller); the caller finishes the rows that
-do not converge by pivoting.
+they are half of it. A float64 problem first runs in float32 (products twice as fast) until
+its rows are solved to 1e-6, then in float64, unless float32 solved fewer than ``_ENOUGH`` of
+them (slow convergence: every row is then left to the caller); the caller finishes the rows
+that do not converge by pivoting.
 
 Boyd, Parikh, Chu, Peleato & Eckstein, *Distributed optimization and statistical learning via
 the alternating direction method of multipliers*, 2011 (§3.4.3, over-relaxation); Stellato
@@ -206,14 +206,15 @@ def _gap(previous: float, worst: float, steps: int) -> int:
     """Steps to the next check: until a violation of ``worst`` tolerances (the slowest row's,
     ``previous`` at the check ``steps`` before, infinite at the first) falls to 1, at the rate
     measured between the two or ``_RATE`` per step, whichever is slower; at most
-    ``_CHECK_PERIOD``, which is also the answer without progress (or with a zero tolerance,
-    or NaN)."""
-    rate = _RATE
+    ``_CHECK_PERIOD``, which is also the answer without progress (or with a zero tolerance, or
+    NaN)."""
+    decay = -math.log(_RATE)  # per step, in nats
     if not math.isinf(previous):
-        if not worst < previous:
+        measured = math.log(previous / worst) / steps
+        if not measured > 0:  # no progress (NaN too)
             return _CHECK_PERIOD
-        rate = max(rate, (worst / previous) ** (1 / steps))
-    steps_left = math.log(worst) / -math.log(rate)
+        decay = min(decay, measured)
+    steps_left = math.log(worst) / decay
     if not steps_left < _CHECK_PERIOD:
         return _CHECK_PERIOD
     return max(1, math.ceil(steps_left))
@@ -225,9 +226,10 @@ def _too_slow(previous: float, level: float, steps: int, steps_left: int) -> boo
     at that rate (``previous`` is infinite at the first check: no rate yet)."""
     if math.isinf(previous):
         return False
-    if not level < previous:  # no progress (NaN too)
+    decay = math.log(previous / level)  # over the last steps, in nats
+    if not decay > 0:  # no progress (NaN too)
         return True
-    return steps * math.log(level) / math.log(previous / level) > steps_left
+    return steps * math.log(level) / decay > steps_left
 
 
 def _step(qp: BoxQP, rho: float) -> tuple[Tensor, Tensor]:

@@ -771,8 +771,10 @@ def test_admm_from_a_cold_start_first_checks_slow_problems_later(
         (2.0, 1.5, 2, 3),  # measured 0.87 per step: 2.8 steps
         (16.0, 8.0, 10, 10),  # measured 0.93 per step: 30 steps, capped
         (5.0, 5.0, 10, 10),  # no progress
+        (5.000000000000001, 5.0, 10, 10),  # a drop within rounding (once 1 ** 0.1 = 1: raised)
         (5.0, math.nan, 10, 10),
         (math.inf, math.inf, 0, 10),  # a zero tolerance
+        (math.inf, 1.0, 0, 1),  # (a violation at the tolerance: still one step)
     ],
 )
 def test_admm_next_check_comes_when_the_slowest_row_should_be_solved(
@@ -880,19 +882,22 @@ def test_admm_goes_on_in_float64_with_every_row_once_float32_solved_half_of_them
 
 
 @pytest.mark.parametrize(
-    ("previous", "level", "steps_left", "expected"),
+    ("previous", "level", "steps", "steps_left", "expected"),
     [
-        (math.inf, 1e3, 10, False),  # the first check: no rate yet
-        (1e4, 1e3, 30, False),  # a decade per 10 steps: 1 after 30 more
-        (1e4, 1e3, 29, True),
-        (1e3, 1e3, 1000, True),  # no progress
-        (1e3, math.nan, 1000, True),
+        (math.inf, 1e3, 10, 10, False),  # the first check: no rate yet
+        (1e4, 1e3, 10, 30, False),  # a decade per 10 steps: 1 after 30 more
+        (1e4, 1e3, 10, 29, True),
+        (1e4, 1e3, 5, 15, False),  # a decade per 5 steps: 1 after 15 more
+        (1e4, 1e3, 5, 14, True),
+        (1e3, 1e3, 10, 1000, True),  # no progress
+        (5.000000000000001, 5.0, 10, 1000, True),  # a drop within rounding
+        (1e3, math.nan, 10, 1000, True),
     ],
 )
 def test_admm_gives_up_when_the_rate_says_it_would_not_converge_in_time(
-    previous: float, level: float, steps_left: int, expected: bool
+    previous: float, level: float, steps: int, steps_left: int, expected: bool
 ) -> None:
-    assert _dual_cone_splitting._too_slow(previous, level, 10, steps_left) is expected
+    assert _dual_cone_splitting._too_slow(previous, level, steps, steps_left) is expected
 
 
 def test_a_primal_admm_that_would_not_converge_gives_up_early_near_rank_m_over_2(
@@ -940,3 +945,22 @@ def test_final_check_is_the_largest_kkt_residual() -> None:
     assert float(kkt_residual(weights, preferences, gramian).max()) == pytest.approx(expected)
     weights[2, 3] = torch.nan
     assert math.isnan(_dual_cone._residual(weights, preferences, gramian))
+
+
+def test_a_cholesky_factor_with_nan_and_no_error_code_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LAPACK reports NaN pivots through ``info``; a backend that returns a NaN factor with
+    ``info = 0`` is caught by the pivot check, before any weights are computed."""
+    gramian = make(rand, 8, 0)
+    real = torch.linalg.cholesky_ex
+
+    def nan_factor(matrix, **kwargs):
+        factor, info = real(matrix, **kwargs)
+        factor = factor.clone()
+        factor[3, 3] = torch.nan
+        return factor, torch.zeros_like(info)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", nan_factor)
+    with pytest.raises(ValueError, match="positive definite"):
+        project_weights(upgrad_preferences(8), gramian)
