@@ -16,6 +16,7 @@ from torch import Tensor
 
 from jdopt._linalg import normalize, regularize
 from jdopt.aggregation import (
+    UPGrad,
     _dual_cone,
     _dual_cone_box,
     _dual_cone_linear,
@@ -964,3 +965,19 @@ def test_a_cholesky_factor_with_nan_and_no_error_code_is_refused(
     monkeypatch.setattr(torch.linalg, "cholesky_ex", nan_factor)
     with pytest.raises(ValueError, match="positive definite"):
         project_weights(upgrad_preferences(8), gramian)
+
+
+@pytest.mark.parametrize("m", [8, 64])
+def test_weights_are_normal_tensors_that_autograd_may_save(m: int) -> None:
+    """The native solver runs in inference mode; its answer must not be an inference tensor,
+    which autograd refuses to save for backward."""
+    generator = torch.Generator().manual_seed(m)
+    jacobian = torch.randn(m, 30, generator=generator, dtype=F64, requires_grad=True)
+    gramian = gramian_of(jacobian.detach())
+    weights = project_weights(upgrad_preferences(m), gramian)
+    assert not weights.is_inference()
+    (weights.sum(dim=0) @ jacobian).square().sum().backward()  # saves the weights
+    assert jacobian.grad is not None
+    assert torch.isfinite(jacobian.grad).all()
+    update = UPGrad()(jacobian)  # the public path, with a Jacobian that requires grad
+    assert not update.is_inference()
