@@ -67,6 +67,10 @@ _ENOUGH = 0.5
 # Once one row in _FEW at most is left in a phase, it gets _PATIENCE more checks: slow rows
 # are left to pivoting.
 _FEW, _PATIENCE = 8, 2
+# From this m on, square bounds and linear terms whose nonzero entries are all on their
+# diagonals (UPGrad's, in the primal and in the dual) multiply M by scaling its rows: three
+# m³ products fewer per solve (m = 256: 1.4 ms of 13). Below, the test costs what it saves.
+_DIAGONAL_MIN_SIZE = 128
 
 
 def splitting(
@@ -96,14 +100,15 @@ def splitting(
     else:
         first = _FIRST_CHECK if rho >= _FAST_PENALTY else _SLOW_FIRST_CHECK
     scale = qp.scale().squeeze(1)
-    gradient_at_lower = torch.addmm(qp.linear, lower, qp.matrix, beta=-1)  # ℓM − b
-    weight, bias = _step(qp, rho)
+    diagonal = _diagonal(qp)
+    gradient_at_lower = _affine(lower, qp.matrix, qp.linear, diagonal)  # ℓM − b
+    weight, bias = _step(qp, rho, diagonal)
     if qp.matrix.dtype != torch.float64:
-        t = _start(qp, x, tolerance, rho)
+        t = _start(qp, x, tolerance, rho, diagonal)
         step = (weight, bias, gradient_at_lower, scale * tolerance)
         t, solved = _run(qp.matrix, t, step, max_iter, first, give_up=give_up)
         return lower + t.clamp_min_(0), solved
-    t = _start(qp, x, tolerance, rho).float()
+    t = _start(qp, x, tolerance, rho, diagonal).float()
     rough_step = (weight.float(), bias.float(), gradient_at_lower.float(), scale.float())
     rough_step[3].mul_(_FLOAT32_TOLERANCE)
     t, rough_solved = _run(qp.matrix.float(), t, rough_step, max_iter, first, give_up=give_up)
@@ -118,16 +123,40 @@ def splitting(
     return lower + t.clamp_min_(0), solved
 
 
-def _start(qp: BoxQP, x: Tensor | None, tolerance: float, rho: float) -> Tensor:
+def _start(qp: BoxQP, x: Tensor | None, tolerance: float, rho: float, diagonal: bool) -> Tensor:
     """``t`` at ``x`` (or ``max(ℓ, 0)``), with the multipliers ``ν = max(Mz − b, 0)`` of the
-    bounds it sits on."""
+    bounds it sits on (``diagonal``: see :func:`_diagonal`)."""
     if x is None:
         z, on_bound = qp.lower.clamp_min(0), qp.lower >= 0
     else:
         z = torch.maximum(x, qp.lower)
         on_bound = z <= qp.lower + tolerance * qp.scale()
-    gradient = torch.addmm(qp.linear, z, qp.matrix, beta=-1)  # Mz − b
+        diagonal = False
+    gradient = _affine(z, qp.matrix, qp.linear, diagonal)  # Mz − b
     return (z - qp.lower).sub_(gradient.clamp_min_(0).mul_(on_bound), alpha=1 / rho)
+
+
+def _diagonal(qp: BoxQP) -> bool:
+    """Whether ``ℓ`` and ``b`` are ``[m, m]`` with nonzero entries on their diagonals only (and
+    ``m ≥ _DIAGONAL_MIN_SIZE``): products with ``M`` then scale its rows."""
+    m = qp.matrix.shape[0]
+    if m < _DIAGONAL_MIN_SIZE or qp.lower.shape != (m, m):
+        return False
+    both = torch.stack((qp.lower, qp.linear))
+    return int(torch.count_nonzero(both)) == int(torch.count_nonzero(both.diagonal(0, 1, 2)))
+
+
+def _affine(
+    rows: Tensor, matrix: Tensor, shift: Tensor, diagonal: bool, factor: float = 1.0
+) -> Tensor:
+    """``factor (rows @ matrix − shift)``, by scaling the rows of ``matrix`` when ``rows`` is
+    diagonal. Row-major, like ``shift``, whatever the layout of ``matrix`` (LAPACK's inverses
+    are column-major, and ADMM's elementwise steps on mixed layouts are 1.5 times slower)."""
+    if diagonal:
+        out = torch.empty_like(shift, memory_format=torch.contiguous_format)
+        torch.mul(rows.diagonal().mul(factor).unsqueeze(1), matrix, out=out)
+        return out.sub_(shift, alpha=factor)
+    return torch.addmm(shift, rows, matrix, beta=-factor, alpha=factor)
 
 
 def _run(
@@ -232,8 +261,9 @@ def _too_slow(previous: float, level: float, steps: int, steps_left: int) -> boo
     return steps * math.log(level) / decay > steps_left
 
 
-def _step(qp: BoxQP, rho: float) -> tuple[Tensor, Tensor]:
-    """The matrix ``α (ρ (M + ρI)⁻¹ − I/2)`` and the bias ``α (c − ℓ)`` of a step."""
+def _step(qp: BoxQP, rho: float, diagonal: bool = False) -> tuple[Tensor, Tensor]:
+    """The matrix ``α (ρ (M + ρI)⁻¹ − I/2)`` and the bias ``α (c − ℓ)`` of a step
+    (``diagonal``: see :func:`_diagonal`)."""
     shifted = qp.matrix.clone()
     shifted.diagonal().add_(rho)
     # M + ρI is positive definite (M is positive semi-definite): LU needs no check, and MKL's
@@ -242,11 +272,5 @@ def _step(qp: BoxQP, rho: float) -> tuple[Tensor, Tensor]:
     weight = inverse * (rho * _RELAXATION)
     weight.diagonal().sub_(_RELAXATION / 2)
     # α (c − ℓ) = α ((ρℓ + b)(M + ρI)⁻¹ − ℓ)
-    bias = torch.addmm(
-        qp.lower,
-        torch.add(qp.linear, qp.lower, alpha=rho),
-        inverse,
-        beta=-_RELAXATION,
-        alpha=_RELAXATION,
-    )
-    return weight, bias
+    scaled = torch.add(qp.linear, qp.lower, alpha=rho)
+    return weight, _affine(scaled, inverse, qp.lower, diagonal, _RELAXATION)

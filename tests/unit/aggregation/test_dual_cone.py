@@ -981,3 +981,48 @@ def test_weights_are_normal_tensors_that_autograd_may_save(m: int) -> None:
     assert torch.isfinite(jacobian.grad).all()
     update = UPGrad()(jacobian)  # the public path, with a Jacobian that requires grad
     assert not update.is_inference()
+
+
+def test_diagonal_bounds_are_detected_only_when_every_nonzero_is_on_the_diagonal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_dual_cone_splitting, "_DIAGONAL_MIN_SIZE", 4)
+    matrix = gramian_of(torch.randn(6, 9, generator=torch.Generator().manual_seed(0), dtype=F64))
+    diagonal = torch.diag(torch.arange(1.0, 7.0, dtype=F64))
+    zero = torch.zeros(6, 6, dtype=F64)
+    detect = _dual_cone_splitting._diagonal
+    assert detect(BoxQP(matrix, zero, diagonal))  # the primal of UPGrad
+    assert detect(BoxQP(matrix, diagonal, zero))  # its dual
+    off = diagonal.clone()
+    off[1, 4] = 1e-300
+    assert not detect(BoxQP(matrix, zero, off))
+    assert not detect(BoxQP(matrix, off, zero))
+    assert not detect(BoxQP(matrix, zero[:3], diagonal[:3]))  # k ≠ m
+    monkeypatch.setattr(_dual_cone_splitting, "_DIAGONAL_MIN_SIZE", 7)
+    assert not detect(BoxQP(matrix, zero, diagonal))  # below the size
+
+
+@pytest.mark.parametrize("family", [rand, low_rank])
+def test_diagonal_bounds_scale_rows_and_give_the_same_answer(
+    family: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UPGrad's bounds are diagonal: ADMM's products with them scale rows of M instead (from
+    _DIAGONAL_MIN_SIZE on). Forced on and off at m = 48, the answers agree to rounding."""
+    gramian, preferences = make(family, 48, 0), upgrad_preferences(48)
+    flags = []
+    real = _dual_cone_splitting._affine
+
+    def spy(rows, matrix, shift, diagonal, *args):
+        flags.append(diagonal)
+        return real(rows, matrix, shift, diagonal, *args)
+
+    monkeypatch.setattr(_dual_cone_splitting, "_affine", spy)
+    monkeypatch.setattr(_dual_cone_splitting, "_DIAGONAL_MIN_SIZE", 10**9)
+    reference = project_weights(preferences, gramian)
+    assert flags and not any(flags)  # ℓM − b, the bias and the start: matrix products
+    flags.clear()
+    monkeypatch.setattr(_dual_cone_splitting, "_DIAGONAL_MIN_SIZE", 48)
+    weights = project_weights(preferences, gramian)
+    assert len(flags) == 3 and all(flags)
+    assert_close_to(weights, reference, 1e-12)
+    assert_kkt(weights, preferences, gramian)
