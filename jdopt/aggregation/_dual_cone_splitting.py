@@ -142,8 +142,10 @@ def _diagonal(qp: BoxQP) -> bool:
     m = qp.matrix.shape[0]
     if m < _DIAGONAL_MIN_SIZE or qp.lower.shape != (m, m):
         return False
-    both = torch.stack((qp.lower, qp.linear))
-    return int(torch.count_nonzero(both)) == int(torch.count_nonzero(both.diagonal(0, 1, 2)))
+    lower, linear = qp.lower, qp.linear
+    nonzero = torch.count_nonzero(lower) + torch.count_nonzero(linear)
+    on_diagonal = torch.count_nonzero(lower.diagonal()) + torch.count_nonzero(linear.diagonal())
+    return int(nonzero) == int(on_diagonal)
 
 
 def _affine(
@@ -168,8 +170,8 @@ def _run(
     *,
     give_up: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """ADMM steps in the dtype of ``matrix`` (``M``), checked at step ``first_check``, then when the
-    slowest row should be solved (see :func:`_gap`), and at the last; returns
+    """ADMM steps in the dtype of ``matrix`` (``M``), checked at step ``first_check``, then
+    when the slowest row should be solved (see :func:`_gap`), and at the last; returns
     ``(t, solved rows)``. With ``give_up``, they stop when fewer than half the rows are solved
     and the middle row would not be by ``max_iter`` (see :func:`_too_slow`).
 
