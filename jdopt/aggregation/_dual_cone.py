@@ -117,6 +117,12 @@ def _project(preferences: Tensor, gramian: Tensor, initial: Tensor | None) -> Te
     start = None if initial is None else initial.detach().to(matrix)
     if bounds.numel() == 0:
         return bounds.to(gramian.dtype)
+    for name, value in (("preferences", bounds), ("initial", start)):
+        if value is not None and not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"`{name}` should contain only finite values. Found NaN or infinite entries "
+                "(a NaN preference row would otherwise count as all-negative, with zero weights)."
+            )
     size = bounds.amax(dim=1, keepdim=True)
     # Rows are scaled to max(u) = 1, a lower bound on ‖v*‖∞ (v* ≥ u), to which the final check
     # is relative: so are the solver's tolerances then (see BoxQP.scale).
@@ -139,13 +145,15 @@ def kkt_residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> Tenso
     The largest of the violations of ``v ≥ u``, ``Gv ≥ 0`` and ``(Gv) ⊙ (v − u) = 0``,
     relative to ``‖v‖∞`` and ``max diag(G)``.
     """
-    size = weights.abs().amax(dim=1).clamp_min(torch.finfo(weights.dtype).tiny)
+    tiny = torch.finfo(weights.dtype).tiny
+    size = weights.abs().amax(dim=1).clamp_min(tiny)
     product = weights @ gramian
     difference = weights - preferences
     primal = difference.amin(dim=1).neg_().clamp_min_(0) / size
-    scale = gramian.diagonal().amax() * size
+    # Clamped: an all-zero row (preferences ≤ 0) has no violation, not 0/0.
+    scale = (gramian.diagonal().amax() * size).clamp_min(tiny)
     dual = product.amin(dim=1).neg_().clamp_min_(0) / scale
-    gap = (product * difference).abs_().amax(dim=1) / (scale * size)
+    gap = (product * difference).abs_().amax(dim=1) / (scale * size).clamp_min(tiny)
     return torch.maximum(torch.maximum(primal, dual), gap)
 
 

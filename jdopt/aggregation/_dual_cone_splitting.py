@@ -140,12 +140,12 @@ def _diagonal(qp: BoxQP) -> bool:
     """Whether ``ℓ`` and ``b`` are ``[m, m]`` with nonzero entries on their diagonals only (and
     ``m ≥ _DIAGONAL_MIN_SIZE``): products with ``M`` then scale its rows."""
     m = qp.matrix.shape[0]
-    if m < _DIAGONAL_MIN_SIZE or qp.lower.shape != (m, m):
-        return False
     lower, linear = qp.lower, qp.linear
+    if m < _DIAGONAL_MIN_SIZE or lower.shape != (m, m) or linear.shape != (m, m):
+        return False
     nonzero = torch.count_nonzero(lower) + torch.count_nonzero(linear)
     on_diagonal = torch.count_nonzero(lower.diagonal()) + torch.count_nonzero(linear.diagonal())
-    return int(nonzero) == int(on_diagonal)
+    return bool(nonzero == on_diagonal)
 
 
 def _affine(

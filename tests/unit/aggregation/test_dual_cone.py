@@ -251,6 +251,10 @@ def test_solvers_are_selectable(solver: str) -> None:
         (torch.eye(2), -torch.eye(2), None, "positive definite"),
         (torch.eye(2), torch.ones(2, 2), None, "positive definite"),
         (torch.eye(2), torch.tensor([[0.0, 0.0], [0.0, 1.0]]), None, "positive definite"),
+        (torch.tensor([[1.0, torch.nan]]), torch.eye(2), None, "`preferences` should contain"),
+        (torch.tensor([[torch.inf, 0.0]]), torch.eye(2), None, "`preferences` should contain"),
+        (torch.tensor([[1.0, -torch.inf]]), torch.eye(2), None, "`preferences` should contain"),
+        (torch.eye(2), torch.eye(2), torch.full((2, 2), torch.nan), "`initial` should contain"),
     ],
 )
 def test_invalid_inputs(preferences: Tensor, gramian: Tensor, initial: Tensor | None, match: str):
@@ -1026,3 +1030,18 @@ def test_diagonal_bounds_scale_rows_and_give_the_same_answer(
     assert len(flags) == 3 and all(flags)
     assert_close_to(weights, reference, 1e-12)
     assert_kkt(weights, preferences, gramian)
+
+
+def test_kkt_residual_of_rows_left_at_zero_is_zero() -> None:
+    """Rows whose preferences are all ≤ 0 get zero weights, which solve them exactly; the
+    residual's relative scales used to divide 0 by 0 there."""
+    gramian = make(rand, 6, 0)
+    preferences = upgrad_preferences(6)
+    preferences[2] = -preferences[2]
+    preferences[4] = 0.0
+    weights = project_weights(preferences, gramian)
+    assert (weights[2] == 0).all() and (weights[4] == 0).all()
+    residual = kkt_residual(weights, preferences, gramian)
+    assert torch.isfinite(residual).all()
+    assert float(residual.max()) <= 1e-7
+    assert float(residual[2]) == 0.0 and float(residual[4]) == 0.0
