@@ -239,10 +239,10 @@ def _gap(previous: float, worst: float, steps: int) -> int:
     measured between the two or ``_RATE`` per step, whichever is slower; at most
     ``_CHECK_PERIOD``, which is also the answer without progress (or with a zero tolerance, or
     NaN)."""
-    decay = -math.log(_RATE)  # per step, in nats
+    decay = -math.log(_RATE)
     if not math.isinf(previous):
-        measured = math.log(previous / worst) / steps
-        if not measured > 0:  # no progress (NaN too)
+        measured = _decay(previous, worst, steps)
+        if measured == 0:
             return _CHECK_PERIOD
         decay = min(decay, measured)
     steps_left = math.log(worst) / decay
@@ -257,13 +257,18 @@ def _too_slow(previous: float, level: float, steps: int, steps_left: int) -> boo
     at that rate (``previous`` is infinite at the first check: no rate yet)."""
     if math.isinf(previous):
         return False
-    decay = math.log(previous / level)  # over the last steps, in nats
-    if not decay > 0:  # no progress (NaN too)
-        return True
-    return steps * math.log(level) / decay > steps_left
+    decay = _decay(previous, level, steps)
+    return decay == 0 or math.log(level) / decay > steps_left
 
 
-def _step(qp: BoxQP, rho: float, diagonal: bool = False) -> tuple[Tensor, Tensor]:
+def _decay(previous: float, level: float, steps: int) -> float:
+    """The linear rate, in nats per step, at which a violation went from ``previous`` to
+    ``level`` over ``steps`` steps; 0 without progress (NaN too)."""
+    decay = math.log(previous / level) / steps
+    return decay if decay > 0 else 0.0
+
+
+def _step(qp: BoxQP, rho: float, diagonal: bool) -> tuple[Tensor, Tensor]:
     """The matrix ``α (ρ (M + ρI)⁻¹ − I/2)`` and the bias ``α (c − ℓ)`` of a step
     (``diagonal``: see :func:`_diagonal`)."""
     shifted = qp.matrix.clone()
