@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from ._bases import GramianWeightedAggregator, Weighting
@@ -12,8 +14,8 @@ class MGDAWeighting(Weighting):
 
     The weights are ``argmin_{w ∈ simplex} wᵀGw``. At the optimum ``(Gw)ᵢ ≥ wᵀGw`` for every
     ``i``, so the update does not conflict with any row. jdopt solves this problem exactly with
-    an active-set method (TorchJD and the paper's code use Frank–Wolfe, whose iterates only
-    approach the optimum).
+    Wolfe's minimum-norm-point algorithm, singular Gramians included (TorchJD and the paper's
+    code use Frank–Wolfe, whose iterates only approach the optimum).
 
     From Désidéri, *Multiple-gradient descent algorithm (MGDA) for multiobjective optimization*,
     2012, and Sener & Koltun, *Multi-Task Learning as Multi-Objective Optimization*, NeurIPS 2018
@@ -23,9 +25,10 @@ class MGDAWeighting(Weighting):
     under scaling.
 
     Args:
-        epsilon: optimality tolerance, relative to the largest diagonal entry of ``G``
-            (default ``1e-9``).
-        max_iters: maximum number of active-set changes (default ``1000``); a
+        epsilon: optimality tolerance on the duality gap ``wᵀGw − minᵢ (Gw)ᵢ``, relative to
+            the largest diagonal entry of ``G`` (default ``1e-9``).
+        max_iters: maximum number of vertices the solver adds to its support (default
+            ``1000``; it needs about as many as the optimal weights have nonzero entries); a
             ``RuntimeWarning`` is raised if it is reached.
     """
 
@@ -37,9 +40,10 @@ class MGDAWeighting(Weighting):
         self.max_iters = max_iters
 
     def forward(self, gramian: Tensor, /) -> Tensor:
-        linear = gramian.new_zeros(gramian.shape[0])
-        weights = solve_simplex_qp(gramian, linear, tol=self.epsilon, max_iters=self.max_iters)
-        return weights.to(dtype=gramian.dtype, device=gramian.device)
+        m = gramian.shape[0]
+        g = gramian.detach().to("cpu", torch.float64).numpy()
+        corral = solve_simplex_qp(g, np.zeros(m), tol=self.epsilon, max_iters=self.max_iters)
+        return torch.from_numpy(corral.dense(m)).to(dtype=gramian.dtype, device=gramian.device)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}, max_iters={self.max_iters}"
