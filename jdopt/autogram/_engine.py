@@ -15,7 +15,7 @@ from .._losses import as_losses
 from ..distributed._collectives import rank, world_size
 from ._checks import check_against_backward, check_modules, check_untracked_uses
 from ._distributed import batch_sizes, combine_rows, gathered_uses, reduce_grads
-from ._hooks import check_unmodified, make_hook, parameter_owners
+from ._hooks import make_hook, parameter_owners, readable
 from ._layout import Layout
 from ._rules import Rule, Use, make_rule
 
@@ -55,7 +55,10 @@ class Engine:
     those outputs only, and builds the Gramian in closed form from the recorded inputs and the
     output gradients: no parameter gradient, no per-sample Jacobian and no second forward pass.
     Modules without a closed-form rule get their per-objective gradients from one extra
-    backward pass batched over the objectives (exact, slower).
+    backward pass batched over the objectives (exact, slower). An output modified in place
+    after the call (``ReLU(inplace=True)``, ``out += identity``) is differentiated as the
+    module made it, at no cost; the few calls the closed forms cannot read any more (an input
+    modified in place, an attention output modified in place) go to that fallback.
 
     Args:
         modules: the modules whose parameters the Gramian is taken over (none may contain
@@ -162,7 +165,13 @@ class Engine:
         return any(param.requires_grad is not flag for param, flag in self._watched)
 
     # ------------------------------------------------------------------ the Gramian
-    def compute_gramian(self, losses: Tensor, *, retain_graph: bool = True) -> Tensor:
+    def compute_gramian(
+        self,
+        losses: Tensor | None = None,
+        *,
+        retain_graph: bool = True,
+        output: Tensor | None = None,
+    ) -> Tensor:
         """The generalized Gramian ``[*S, *reversed(S)]`` of ``losses`` (shape ``S``).
 
         Entry ``[i, j]`` (multi-indices) is the inner product of the gradients of ``losses[i]``
@@ -178,14 +187,17 @@ class Engine:
                 ``MultiheadAttention``, whose rule differentiates its own graph, was called,
                 and until an engine's first finite Gramian has been checked against one
                 ordinary backward pass, which needs the graph).
+            output: TorchJD's name for ``losses`` (``compute_gramian(output=losses)`` works
+                unchanged); give one of the two.
 
         Raises:
+            TypeError: when both ``losses`` and ``output`` are given, or neither.
             ValueError: when the first Gramian disagrees with an ordinary backward pass (the
                 losses break the engine's assumptions, e.g. per-sample losses that mix
                 samples), when a parameter is used outside the hooked calls, or when a
                 parameter was frozen or unfrozen since the engine was built.
         """
-        losses = as_losses(losses)
+        losses = as_losses(*_one_of(losses, output))
         layout, order, cotangents = self._plan(losses.shape, losses.dtype, losses.device)
         roots = _Roots([losses], [cotangents], losses.shape, self._objective_cotangents(losses))
         if self._verified or (self.distributed and world_size() > 1):
@@ -369,10 +381,13 @@ class Engine:
 
     def _fallback_params(self, recorded: dict[int, list[Use]]) -> dict[int, nn.Parameter]:
         """Parameters whose per-objective gradients come from the losses: those of fallback
-        rules, of rules not exact for this step's calls, and those tied to either."""
+        rules, of rules not exact for this step's calls (or unable to read them after in-place
+        operations), and those tied to either."""
         fallback: dict[int, nn.Parameter] = {}
         for rule in self._rules:
-            if rule.from_losses or not rule.exact_for(recorded[id(rule)]):
+            calls = recorded[id(rule)]
+            exact = rule.exact_for(calls) and all(readable(c, rule.needs_graph) for c in calls)
+            if rule.from_losses or not exact:
                 for name in rule.names:
                     fallback[id(rule.param(name))] = rule.param(name)
         return fallback
@@ -396,11 +411,10 @@ class Engine:
             if any(id(rule.param(n)) not in fallback for n in rule.names)
             for use in recorded[id(rule)]
         ]
-        for rule, use in needed:
-            check_unmodified(rule.module, use)
         live: dict[int, list[Use]] = {id(rule): [] for rule in self._rules}
-        outputs = [t for _, use in needed for t in use.outputs]
-        if not outputs:
+        # An output modified in place is differentiated at its edge (see _hooks._edge).
+        targets = [t for _, use in needed for t in use.targets()]
+        if not targets:
             if not fallback or not any(recorded.values()):
                 raise RuntimeError(
                     "The engine recorded no forward call of its modules with grad enabled. "
@@ -411,7 +425,7 @@ class Engine:
         batched = layout.slices > 1
         grads = torch.autograd.grad(
             roots.tensors,
-            outputs,
+            targets,
             [c if batched else c[0] for c in roots.cotangents],
             retain_graph=retain_graph,
             allow_unused=True,
@@ -423,7 +437,10 @@ class Engine:
             position += len(use.outputs)
             if all(g is None for g in own):
                 continue  # a call outside the graph of these losses (e.g. an earlier step)
-            use.grads = [None if g is None else (g if batched else g.unsqueeze(0)) for g in own]
+            use.grads = [
+                None if g is None else _as_output(g if batched else g.unsqueeze(0), output)
+                for g, output in zip(own, use.outputs, strict=True)
+            ]
             if layout.per_sample:
                 self._check_batch(rule, use, roots.tensors[0])
             live[id(rule)].append(use)
@@ -539,6 +556,25 @@ class Engine:
                 param.grad = grad
             else:  # dense + sparse is dense; sparse + sparse stays sparse
                 param.grad = grad + param.grad if param.grad.is_sparse else param.grad + grad
+
+
+def _one_of(losses: object, output: object) -> tuple[object, str]:
+    """``compute_gramian``'s losses, given as ``losses`` or by TorchJD's name, ``output``, with
+    the name it was given by."""
+    if losses is not None and output is not None:
+        raise TypeError(
+            "compute_gramian() got both `losses` and `output`, two names for the same argument. "
+            "Give only one: compute_gramian(losses)."
+        )
+    if losses is None and output is None:
+        raise TypeError("compute_gramian() missing its argument: compute_gramian(losses).")
+    return (losses, "losses") if output is None else (output, "output")
+
+
+def _as_output(grad: Tensor, output: Tensor) -> Tensor:
+    """A gradient ``[S, ...]`` read at an output's edge, in the output's shape ``[S, *shape]``
+    (an edge of a view's base has the base's shape)."""
+    return grad.reshape(grad.shape[0], *output.shape)
 
 
 def _sum(parts: list[Tensor]) -> Tensor:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils._pytree import tree_flatten
 
 from ._rules import Use
@@ -66,17 +67,54 @@ def make_hook(uses: list[Use]) -> Callable:
         # Detached: the Gramian must not hold on to (or extend) the forward graph.
         detached = tuple(t.detach() for t in inputs)
         versions = [t._version for t in (*inputs, *outputs)]
-        uses.append(Use(detached, outputs, versions))
+        uses.append(Use(detached, outputs, versions, edges=[_edge(t) for t in outputs]))
 
     return hook
 
 
-def check_unmodified(module: nn.Module, use: Use) -> None:
-    tensors = [*use.args, *use.outputs]
-    for tensor, version in zip(tensors, use.versions, strict=True):
-        if tensor._version != version:
-            raise RuntimeError(
-                f"An input or output of {type(module).__name__} was modified in place after "
-                "the forward pass (e.g. by ReLU(inplace=True) or `x += ...`); the engine needs "
-                "them as the losses saw them. Use the out-of-place operation (inplace=False)."
-            )
+def _edge(output: Tensor) -> GradientEdge | None:
+    """Where the gradient of ``output`` as the module made it is read, should the output be
+    modified in place later.
+
+    An in-place operation gives the tensor a new ``grad_fn`` but keeps the node that made it in
+    the graph, below the operation's: that node's edge still receives exactly the gradient of
+    the unmodified output. A view is different: autograd rebases an in-place operation on a view
+    onto the view's base, bypassing the view's own node, so a view is read at its base's edge
+    when it is a reshape of the whole base (``nn.Linear`` on inputs with several leading
+    dimensions makes one: its base is the module's own intermediate, used by nothing but the
+    view, so the two gradients are the same numbers), and nowhere otherwise (the call then goes
+    to the fallback).
+    """
+    if not output._is_view():
+        return get_gradient_edge(output)
+    base = output._base
+    if base.grad_fn is not None and _reshapes(output, base):
+        return get_gradient_edge(base)
+    return None
+
+
+def _reshapes(view: Tensor, base: Tensor) -> bool:
+    """Whether ``view`` holds exactly ``base``'s elements in the same order."""
+    return (
+        view.numel() == base.numel()
+        and view.storage_offset() == base.storage_offset()
+        and view.is_contiguous()
+        and base.is_contiguous()
+    )
+
+
+def readable(use: Use, needs_graph: bool) -> bool:
+    """Whether a closed-form rule can use a call, given the in-place operations since.
+
+    The rules compute with the inputs as the module saw them (a modified input is not), and
+    with the gradients of the outputs as the module made them: readable at their edges, unless
+    the rule also reads the outputs themselves or differentiates its graph from them
+    (``needs_graph``). Unreadable calls go to the exact fallback, whose backward pass raises
+    autograd's own error where the module saved what was modified.
+    """
+    if use.inputs_modified():
+        return False
+    modified = use.outputs_modified()
+    if needs_graph:
+        return not any(modified)
+    return all(e is not None for e, m in zip(use.edges, modified, strict=True) if m)

@@ -436,6 +436,195 @@ def _flatten() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Tanh(), nn.Linear(4, 2))
 
 
+# ------------------------------------------------ in-place operations after hooked layers
+def _mlp_inplace() -> nn.Module:
+    """In-place dropout and activations right after Linear layers."""
+    return nn.Sequential(
+        nn.Linear(5, 6),
+        nn.Dropout(0.3, inplace=True),
+        nn.ReLU(inplace=True),
+        nn.Linear(6, 4),
+        nn.SiLU(inplace=True),
+        nn.Linear(4, 3),
+    )
+
+
+class _BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock, GroupNorm for BatchNorm: in-place ReLU after the
+    norms, ``out += identity``, and a downsampling branch when the shape changes."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.GroupNorm(2, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.GroupNorm(2, planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.GroupNorm(2, planes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class _ResNet(nn.Module):
+    """A two-block torchvision-style ResNet on ``[B, 2, 8, 8]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.GroupNorm(2, 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(2)
+        self.layer1 = _BasicBlock(4, 4)
+        self.layer2 = _BasicBlock(4, 8, stride=2)  # 8 channels in: the grouped-kernel strategy
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class _Fire(nn.Module):
+    """SqueezeNet's Fire module: in-place ReLU after every convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(4, 2, 1)
+        self.expand1x1 = nn.Conv2d(2, 3, 1)
+        self.expand3x3 = nn.Conv2d(2, 3, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.squeeze(x))
+        return torch.cat([self.relu(self.expand1x1(x)), self.relu(self.expand3x3(x))], 1)
+
+
+def _alexnet_squeezenet() -> nn.Module:
+    """AlexNet's conv → ReLU(inplace) → MaxPool and classifier, around a Fire module."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        _Fire(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 5),
+        nn.ReLU(inplace=True),
+        nn.Linear(5, 2),
+    )
+
+
+class _SqueezeExcitation(nn.Module):
+    def __init__(self, channels: int, squeezed: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeezed, 1)
+        self.fc2 = nn.Conv2d(squeezed, channels, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.scale = nn.Hardsigmoid(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = nn.functional.adaptive_avg_pool2d(x, 1)
+        return self.scale(self.fc2(self.relu(self.fc1(pooled)))) * x
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV3's block: expand, depthwise, squeeze-excite, project, ``result += input``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(4, 8, 1, bias=False),
+            nn.GroupNorm(2, 8),
+            nn.Hardswish(inplace=True),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+            nn.GroupNorm(2, 8),
+            nn.SiLU(inplace=True),
+            _SqueezeExcitation(8, 4),
+            nn.Conv2d(8, 4, 1, bias=False),
+            nn.GroupNorm(2, 4),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        result = self.block(x)
+        result += x
+        return result
+
+
+def _mobilenet_v3() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, bias=False),
+        nn.GroupNorm(2, 4),
+        nn.Hardswish(inplace=True),
+        _InvertedResidual(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 6),
+        nn.Hardswish(inplace=True),
+        nn.Linear(6, 2),
+    )
+
+
+class _Linear3dInPlace(nn.Module):
+    """Linear on ``[B, T, i]`` returns a view of a ``[B·T, o]`` tensor; here that view, and a
+    slice of it, are modified in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 5)
+        self.outer = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [B, T, 4]
+        h = self.inner(x)
+        h[:, 0].mul_(2.0)
+        h = torch.relu_(h)
+        out = self.outer(h)
+        out += x[..., :2]
+        return out  # [B, T, 2]
+
+
+class _EmbeddingPositionsInPlace(nn.Module):
+    """Token embeddings with position embeddings added in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(VOCABULARY, 4, padding_idx=0)
+        self.positions = nn.Embedding(5, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        h = self.tokens(idx)
+        h += self.positions(torch.arange(idx.shape[1]).expand_as(idx))
+        return self.head(torch.tanh(h).mean(dim=1))
+
+
+class _AttentionOutputInPlace(nn.Module):
+    """A residual added, and an activation applied, in place to the output of attention (whose
+    rule differentiates the module's own graph from its output), sequence first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 4)
+        self.attention = nn.MultiheadAttention(4, num_heads=2)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [B, T, 3]
+        h = self.embed(x).transpose(0, 1)  # [T, B, 4]
+        out, _ = self.attention(h, h, h, need_weights=False)
+        out += h
+        return self.head(torch.tanh_(out).transpose(0, 1))
+
+
 ARCHITECTURES: list[Architecture] = [
     Architecture("mlp", _mlp, _randn(5)),
     Architecture("deep_mlp_tanh", _deep_mlp_tanh, _randn(4)),
@@ -467,6 +656,13 @@ ARCHITECTURES: list[Architecture] = [
     Architecture("siamese_fallback", _Siamese, _pair((3,), (3,))),
     Architecture("linear_3d", _Linear3d, _randn(3, 4)),
     Architecture("flatten", _flatten, _randn(3, 2, 2)),
+    Architecture("mlp_inplace", _mlp_inplace, _randn(5)),
+    Architecture("resnet_basic_blocks_inplace", _ResNet, _randn(2, 8, 8)),
+    Architecture("alexnet_squeezenet_inplace", _alexnet_squeezenet, _randn(2, 6, 6)),
+    Architecture("mobilenet_v3_inplace", _mobilenet_v3, _randn(2, 6, 6)),
+    Architecture("linear_3d_inplace", _Linear3dInPlace, _randn(3, 4)),
+    Architecture("embedding_positions_inplace", _EmbeddingPositionsInPlace, _indices(5)),
+    Architecture("attention_output_inplace", _AttentionOutputInPlace, _randn(3, 3)),
 ]
 
 

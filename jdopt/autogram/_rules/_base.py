@@ -11,19 +11,44 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge
 
 from .._layout import Layout
 
 
 @dataclass
 class Use:
-    """One call of a hooked module: its inputs, outputs and, later, the outputs' gradients."""
+    """One call of a hooked module: its inputs, outputs and, later, the outputs' gradients.
+
+    ``versions`` are the version counters of the inputs, then of the outputs, at the call: an
+    in-place operation afterwards (``ReLU(inplace=True)``, ``out += identity``) changes them,
+    and the outputs' values are then no longer the module's. ``edges`` say, for each output,
+    where the gradient of the output *as the module made it* is read after such an operation
+    (``None``: nowhere; see ``jdopt.autogram._hooks``).
+    """
 
     args: tuple
     outputs: list[Tensor]
     versions: list[int]
     grads: list[Tensor | None] = field(default_factory=list)  # [S, *output.shape] each
     cache: dict = field(default_factory=dict)  # what rules derive from the call, computed once
+    edges: list[GradientEdge | None] = field(default_factory=list)
+
+    def inputs_modified(self) -> bool:
+        """Whether an input was modified in place since the call."""
+        versions = self.versions[: len(self.args)]
+        return any(t._version != v for t, v in zip(self.args, versions, strict=True))
+
+    def outputs_modified(self) -> list[bool]:
+        """For each output, whether it was modified in place since the call."""
+        versions = self.versions[len(self.args) :]
+        return [t._version != v for t, v in zip(self.outputs, versions, strict=True)]
+
+    def targets(self) -> list[Tensor | GradientEdge | None]:
+        """What to differentiate for each output's gradient: the output itself, or its edge once
+        it was modified in place (the gradient then has the shape of the edge's tensor)."""
+        modified = self.outputs_modified()
+        return [e if m else t for t, m, e in zip(self.outputs, modified, self.edges, strict=True)]
 
 
 class Rule(ABC):
@@ -35,7 +60,9 @@ class Rule(ABC):
     """
 
     from_losses = False  # True: the engine computes this rule's gradients from the losses
-    needs_graph = False  # True: the rule differentiates its module's recorded graph itself
+    # True: the rule reads its calls' outputs or differentiates its module's recorded graph from
+    # them, so a call whose output was modified in place afterwards goes to the fallback.
+    needs_graph = False
 
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
         self.module = module

@@ -9,7 +9,9 @@ documented as such.
 ``AttentionRule``: ``nn.MultiheadAttention``. Each objective's output gradient, masked to its
 sample, is back-propagated through the module's own recorded graph only, all objectives at
 once: per-sample gradients without touching the rest of the model. Used for a single call per
-step; several calls go to the exact fallback (a call's graph would include the earlier ones).
+step; several calls go to the exact fallback (a call's graph would include the earlier ones),
+and so does a call whose output was modified in place (the graph is differentiated from the
+output: ``needs_graph``).
 """
 
 from __future__ import annotations

@@ -366,6 +366,42 @@ def test_gramian_of_rows_of_vector_jacobian_products(name: str, batch_dim: int |
     assert relative_error(flat(accumulated_grads(params)), weights @ rows) <= TOLERANCE
 
 
+# ---------------------------------------------------------------------------- TorchJD's names
+def test_compute_gramian_takes_the_losses_by_torchjds_name() -> None:
+    """TorchJD's ``Engine.compute_gramian(output)`` names its argument ``output``: the same call
+    works unchanged, as do positional and ``losses=`` calls."""
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    gramians = []
+    for call in (
+        lambda losses: engine.compute_gramian(losses),
+        lambda losses: engine.compute_gramian(losses=losses),
+        lambda losses: engine.compute_gramian(output=losses),
+    ):
+        gramians.append(call(_losses(model, _x())))
+    assert torch.equal(gramians[0], gramians[1]) and torch.equal(gramians[0], gramians[2])
+
+
+def test_compute_gramian_with_both_names_is_refused() -> None:
+    model = _mlp()
+    engine = Engine(model, batch_dim=0)
+    losses = _losses(model, _x())
+    with pytest.raises(TypeError, match="both `losses` and `output`"):
+        engine.compute_gramian(losses, output=losses)
+
+
+def test_compute_gramian_without_losses_is_refused() -> None:
+    engine = Engine(_mlp(), batch_dim=0)
+    with pytest.raises(TypeError, match="missing"):
+        engine.compute_gramian()
+
+
+def test_an_invalid_output_is_named_by_its_name() -> None:
+    engine = Engine(_mlp(), batch_dim=0)
+    with pytest.raises(TypeError, match="`output` should be a tensor"):
+        engine.compute_gramian(output=3.0)
+
+
 # ---------------------------------------------------------------------------- errors
 def test_batchnorm_with_batch_dim_is_refused_with_the_fix() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.Tanh(), nn.BatchNorm1d(4)))
@@ -439,15 +475,18 @@ def test_losses_without_grad_are_refused() -> None:
         engine.compute_gramian(losses)
 
 
-def test_in_place_modification_of_a_hooked_output() -> None:
+def test_in_place_activation_after_a_hooked_layer_is_exact() -> None:
+    """``ReLU(inplace=True)`` right after a Linear changes the Linear's output after the call:
+    the engine differentiates the output as the Linear made it (see test_in_place.py)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)).to(_F64)
     engine = Engine(model, batch_dim=0)
     losses = _losses(model, _x())
-    with pytest.raises(RuntimeError, match="modified in place") as info:
-        engine.compute_gramian(losses)
-    assert "Linear" in str(info.value)
-    assert "inplace=False" in str(info.value)
+
+    gramian = engine.compute_gramian(losses)
+
+    expected = reference_gramian(losses, trainable_parameters(model))
+    assert relative_error(gramian, expected) <= TOLERANCE
 
 
 def test_a_module_seeing_another_batch_size() -> None:

@@ -250,15 +250,16 @@ def test_linear_called_with_a_keyword_input() -> None:
 
 
 def test_input_modified_in_place_after_the_forward() -> None:
-    """Only the outputs' versions are checked: a hooked module's input modified in place after
-    the forward is used as is, giving a wrong Gramian where autograd itself would raise."""
+    """Only the outputs' versions were checked: a hooked module's input modified in place after
+    the forward was used as is, giving a wrong Gramian where autograd itself raises. Such a
+    call now goes to the fallback, whose backward pass raises autograd's error."""
     torch.manual_seed(0)
     linear = nn.Linear(3, 2).to(_F64)
     engine = Engine(linear, batch_dim=0)
     x = _randn(_B, 3)
     losses = (linear(x) ** 2).sum(dim=1)
     x.mul_(2)
-    with pytest.raises(RuntimeError, match="in place"):
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         engine.compute_gramian(losses)
 
 
