@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -31,6 +32,23 @@ def add_grad(param: Tensor, grad: Tensor) -> None:
         param.grad = grad + param.grad
     else:
         param.grad += grad
+
+
+@contextmanager
+def kept_grads(tensors: Iterable[Tensor]) -> Iterator[None]:
+    """Gives the tensors among ``tensors`` that called ``retain_grad()`` their ``.grad`` back on
+    exit.
+
+    autograd runs the ``retain_grad()`` hooks of the tensors it goes through, in the
+    ``autograd.grad`` calls that compute a Jacobian too: each would get the sum of the rows,
+    or, from a batched pass, a tensor that escaped ``vmap`` and has no storage.
+    """
+    kept = [(t, t.grad) for t in {id(t): t for t in tensors}.values() if t.retains_grad]
+    try:
+        yield
+    finally:
+        for tensor, grad in kept:
+            tensor.grad = grad
 
 
 def _cat(matrices: list[Tensor]) -> Tensor:

@@ -10,6 +10,7 @@ the features: hooks on the nodes that consume the features record it, per task.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,6 +20,13 @@ from torch.autograd.graph import Node
 _Edge = tuple[Node, int, int]
 
 
+class Split(NamedTuple):
+    """How separate tasks reach the features."""
+
+    edges: list[list[_Edge]]  # per task: the edges through which it reaches the features
+    owners: dict[int, int]  # id of each leaf reached above the features ↦ the task reaching it
+
+
 def task_roots(losses: Tensor, tasks: Sequence[Tensor] | None) -> list[Node | None] | None:
     """The graph node of each scalar objective, or ``None`` when they cannot be told apart.
 
@@ -26,7 +34,10 @@ def task_roots(losses: Tensor, tasks: Sequence[Tensor] | None) -> list[Node | No
     ``torch.stack`` of scalars.
     """
     if tasks is not None:
-        return [t.grad_fn for t in tasks] if all(t.numel() == 1 for t in tasks) else None
+        # A task that is a leaf (a parameter given as a loss) has no node to own it.
+        if any(t.numel() != 1 or (t.grad_fn is None and t.requires_grad) for t in tasks):
+            return None
+        return [t.grad_fn for t in tasks]
     node = losses.grad_fn
     if losses.ndim == 1 and type(node).__name__ == "StackBackward0":
         roots = [child for child, _ in node.next_functions]
@@ -39,9 +50,12 @@ def split_at_features(
     features: Sequence[Tensor],
     shared: Sequence[Tensor],
     trunk: set[Node] | None = None,
-) -> list[list[_Edge]] | None:
-    """The edges through which each task reaches the features, or ``None`` when a graph node
-    is reached by two tasks, or a shared parameter is reached around the features.
+    *,
+    heads: Sequence[Tensor] = (),
+) -> Split | None:
+    """How each task reaches the features, or ``None`` when a graph node is reached by two
+    tasks, a shared parameter is reached around the features, or one of ``heads`` (the
+    task-specific parameters) below them.
 
     ``trunk``: every node at or below a feature, when the caller has it already.
     """
@@ -53,9 +67,12 @@ def split_at_features(
     # there (nested features, a shared parameter used around the features, ...).
     if trunk is None:
         trunk = _below({node for node, _ in targets})
+    head_ids = {id(p) for p in heads}
+    if head_ids and any(id(getattr(node, "variable", None)) in head_ids for node in trunk):
+        return None  # a head's gradient would mix the tasks, through the features
     shared_ids = {id(p) for p in shared}
     owner: dict[Node, int] = {}
-    edges: list[list[_Edge]] = [[] for _ in roots]
+    split = Split([[] for _ in roots], {})
     for i, root in enumerate(roots):
         stack = [] if root is None else [root]
         while stack:
@@ -63,20 +80,22 @@ def split_at_features(
             if node in trunk or owner.setdefault(node, i) != i:
                 return None
             variable = getattr(node, "variable", None)
-            if variable is not None and id(variable) in shared_ids:
-                return None  # a shared parameter used around the features
+            if variable is not None:
+                if id(variable) in shared_ids:
+                    return None  # a shared parameter used around the features
+                split.owners[id(variable)] = i
             for position, (child, nr) in enumerate(node.next_functions):
                 if child is None:
                     continue
                 feature = targets.get((child, nr))
                 if feature is not None:
-                    edges[i].append((node, position, feature))
+                    split.edges[i].append((node, position, feature))
                 elif child not in owner:  # not expanded (nor queued) yet
                     owner[child] = i
                     stack.append(child)
                 elif owner[child] != i:
                     return None
-    return edges
+    return split
 
 
 def _below(nodes: set[Node]) -> set[Node]:
@@ -113,11 +132,14 @@ def gradients_at_features(
     edges: list[list[_Edge]],
     features: Sequence[Tensor],
     heads: Sequence[Tensor],
+    *,
+    retain_graph: bool = True,
 ) -> tuple[list[list[Tensor | None]], tuple[Tensor | None, ...]]:
     """One backward pass of ``losses.sum()`` into ``features`` and ``heads``.
 
     Returns, for each task and feature, the task's gradient at the feature (``None`` where it
-    does not reach it), and the heads' gradients. The graph is kept for the trunk.
+    does not reach it), and the heads' gradients. The pass stops at the features: the trunk's
+    graph is kept even without ``retain_graph`` (which keeps the heads' part).
     """
     captured: list[list[Tensor | None]] = [[None] * len(features) for _ in edges]
     handles = []
@@ -132,7 +154,7 @@ def gradients_at_features(
             [losses],
             [*features, *heads],
             [torch.ones_like(losses)],
-            retain_graph=True,
+            retain_graph=retain_graph,
             allow_unused=True,
         )
     finally:

@@ -15,6 +15,7 @@ def jacobian_rows(
     *,
     retain_graph: bool,
     chunk_size: int | None,
+    keep_for_fallback: bool = True,
 ) -> list[Tensor | None]:
     """Returns, for each input, the ``m`` vector-Jacobian products ``[m, *input.shape]``.
 
@@ -27,7 +28,12 @@ def jacobian_rows(
         grad_outputs: one ``[m, *output.shape]`` tensor of cotangents per output.
         retain_graph: keep the graph after the last chunk.
         chunk_size: rows per batched backward pass; ``None`` means all at once, ``1`` a plain
-            loop (also used automatically when an operation has no batching rule).
+            loop. The loop also takes over when an operation has no batching rule.
+        keep_for_fallback: let every batched pass keep the graph, for the loop to take over
+            if it fails; the graph then lives as long as ``outputs`` do. ``False`` frees it
+            in the last pass (as ``torch.autograd.grad`` and TorchJD do) unless
+            ``retain_graph``: if that pass fails, the loop can take over only if the failure
+            came before any freeing; otherwise a ``RuntimeError`` says how to call again.
 
     Returns:
         One entry per input: its ``m`` rows, or ``None`` when no output depends on it.
@@ -35,10 +41,13 @@ def jacobian_rows(
     m = grad_outputs[0].shape[0]
     size = m if chunk_size is None else chunk_size
     blocks = list(zip(*(g.split(size) for g in grad_outputs), strict=True))
-    chunks = [
-        _rows(outputs, inputs, block, retain_graph or k < len(blocks) - 1)
-        for k, block in enumerate(blocks)
-    ]
+    chunks: list[list[Tensor | None]] = []
+    batched = True  # until an operation turns out to have no batching rule
+    for k, block in enumerate(blocks):
+        retain = retain_graph or k < len(blocks) - 1
+        keep = retain or keep_for_fallback
+        rows, batched = _rows(outputs, inputs, block, retain=retain, keep=keep, batched=batched)
+        chunks.append(rows)
     lengths = [len(block[0]) for block in blocks]
     return [_concat([chunk[i] for chunk in chunks], inputs[i], lengths) for i in range(len(inputs))]
 
@@ -50,29 +59,75 @@ def identity_rows(losses: Tensor) -> Tensor:
 
 
 def _rows(
-    outputs: Sequence[Tensor], inputs: Sequence[Tensor], block: tuple[Tensor, ...], retain: bool
-) -> list[Tensor | None]:
-    if len(block[0]) == 1:
-        cotangents = [g[0] for g in block]
-        grads = torch.autograd.grad(
-            outputs, inputs, cotangents, retain_graph=retain, allow_unused=True
-        )
-        return [None if g is None else _dense(g).unsqueeze(0) for g in grads]
+    outputs: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    block: tuple[Tensor, ...],
+    *,
+    retain: bool,
+    keep: bool,
+    batched: bool,
+) -> tuple[list[Tensor | None], bool]:
+    """The rows of one chunk, and whether the next chunk may still be batched.
+
+    ``retain``: keep the graph after this chunk; ``keep``: keep it after a batched pass in any
+    case; ``batched``: try a batched pass (a loop otherwise).
+    """
+    if not batched or len(block[0]) == 1:
+        return _loop(outputs, inputs, block, retain), batched
     try:
         grads = torch.autograd.grad(
-            outputs, inputs, block, retain_graph=True, allow_unused=True, is_grads_batched=True
+            outputs,
+            inputs,
+            block,
+            retain_graph=keep,
+            allow_unused=True,
+            is_grads_batched=True,
         )
-        return [None if g is None else _dense(g) for g in grads]
+        return [None if g is None else _dense(g) for g in grads], True
     except RuntimeError as error:
         if "vmap" not in str(error) and "batch" not in str(error).lower():
             raise
-    # Some operation has no batching rule: fall back to one backward pass per row.
-    rows = [
-        _rows(outputs, inputs, tuple(g[r : r + 1] for g in block), retain=True)
-        for r in range(len(block[0]))
-    ]
-    ones = [1] * len(rows)
-    return [_concat([row[i] for row in rows], inputs[i], ones) for i in range(len(inputs))]
+        return _loop_after(error, outputs, inputs, block, retain), False
+
+
+def _loop(
+    outputs: Sequence[Tensor], inputs: Sequence[Tensor], block: tuple[Tensor, ...], retain: bool
+) -> list[Tensor | None]:
+    """One backward pass per row; the last one frees the graph unless ``retain``."""
+    n = len(block[0])
+    rows = []
+    for r in range(n):
+        grads = torch.autograd.grad(
+            outputs,
+            inputs,
+            [g[r] for g in block],
+            retain_graph=retain or r < n - 1,
+            allow_unused=True,
+        )
+        rows.append([None if g is None else _dense(g).unsqueeze(0) for g in grads])
+    return [_concat([row[i] for row in rows], inputs[i], [1] * n) for i in range(len(inputs))]
+
+
+def _loop_after(
+    failure: RuntimeError,
+    outputs: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    block: tuple[Tensor, ...],
+    retain: bool,
+) -> list[Tensor | None]:
+    """Falls back to one pass per row after a batched pass failed, if it left the graph."""
+    try:
+        return _loop(outputs, inputs, block, retain)
+    except RuntimeError as error:
+        if "second time" not in str(error):
+            raise
+        raise RuntimeError(
+            "An operation in the graph cannot run batched over the Jacobian's rows "
+            f"({str(failure).splitlines()[0]}), and one backward pass per row cannot take "
+            "over: the graph has been freed (by the failed batched pass, or by an earlier "
+            "backward pass). Pass `parallel_chunk_size=1` (one backward pass per row), or "
+            "`retain_graph=True` to let jdopt fall back to one pass per row by itself."
+        ) from failure
 
 
 def _dense(grad: Tensor) -> Tensor:

@@ -5,18 +5,19 @@ from collections.abc import Callable, Iterable, Sequence
 from torch import Tensor
 
 from .._losses import as_losses, check_chunk_size, check_inputs
-from ._accumulate import accumulate, add_grad, flatten_rows
+from ._accumulate import accumulate, add_grad, flatten_rows, kept_grads
+from ._checks import check_distinct, check_features, check_no_overlap, task_losses
 from ._graph import reached_leaves
 from ._heads import split_at_features, task_roots
 from ._jacobian import identity_rows, jacobian_rows
-from ._stages import NO_FEATURES, shared_blocks, summed_rows, two_stage
+from ._stages import NO_FEATURES, shared_blocks, summed_rows, two_stage, with_grads
+from ._tasks import task_params
 
 
 def mtl_backward(
-    losses: Tensor | Sequence[Tensor],
-    features: Tensor | Sequence[Tensor],
+    losses: Sequence[Tensor] | Tensor,
+    features: Sequence[Tensor] | Tensor,
     aggregator: Callable[[Tensor], Tensor],
-    *,
     tasks_params: Sequence[Iterable[Tensor]] | None = None,
     shared_params: Iterable[Tensor] | None = None,
     retain_graph: bool = False,
@@ -26,35 +27,62 @@ def mtl_backward(
 
     Each task ``i`` has a loss ``losses[i]`` computed by its own head from the shared
     ``features``. The shared parameters (upstream of ``features``) get the aggregation of the
-    Jacobian of the losses; every task-specific parameter gets its ordinary gradient (the
-    gradient of its own task's loss). One batched backward pass computes both.
+    Jacobian ``[k, n]`` of the ``k`` losses with respect to their ``n`` entries; each
+    task-specific parameter gets the gradient of the losses of the tasks that list it (by
+    default, of the tasks whose loss reaches it). Both are added to ``.grad``. Parameters that
+    are listed but not reached get zeros (zero columns of the Jacobian, for shared ones).
 
     Args:
-        losses: ``[k]`` task losses (a tensor or a sequence of scalars).
-        features: the shared representation (a tensor or several) the heads take as input.
+        losses: the ``k`` task losses: a sequence of distinct scalars, or (unlike TorchJD) one
+            tensor, each of whose elements is a task.
+        features: the shared representation (a tensor or several distinct ones) that the heads
+            take as input.
         aggregator: maps the shared Jacobian ``[k, n]`` to the update ``[n]``.
-        tasks_params: for each task, its own parameters. Default: the leaves the losses
-            reach without going through ``features``.
-        shared_params: the parameters upstream of ``features``. Default: every leaf that
-            requires grad and that ``features`` depend on.
-        retain_graph: keep the graph for another backward pass.
+        tasks_params: for each task, its own parameters (repeats count once). Default: the
+            leaves that its loss reaches without going through ``features``.
+        shared_params: the parameters upstream of ``features`` (repeats count once); none in
+            common with ``tasks_params``. Default: every leaf that requires grad and that
+            ``features`` depend on. Empty: only the heads get gradients.
+        retain_graph: keep the graph for another backward pass; ``False`` frees it.
         parallel_chunk_size: rows per batched backward pass (see :func:`backward`).
+
+    Raises:
+        ValueError: empty or repeated losses or features, a non-scalar entry of ``losses``, a
+            parameter both shared and task-specific, parameters that do not require grad or
+            (non-leaf ones) did not call ``retain_grad()`` — before any ``.grad`` changes.
+
+    Note:
+        The ``.grad`` of the losses and features is left as it was; shared and task
+        parameters that called ``retain_grad()`` get exactly their update or gradient. For
+        other tensors in the graph that called ``retain_grad()``, see :func:`backward`.
     """
-    tasks = list(losses) if isinstance(losses, Sequence) else None
-    losses = as_losses(losses)
-    features = check_features(features)
     check_chunk_size(parallel_chunk_size)
+    tasks = task_losses(losses)
+    features = check_features(features)
+    check_distinct(features, "features")
+    losses = as_losses(losses)
     shared = check_inputs(
         reached_leaves(features) if shared_params is None else shared_params, "shared_params"
     )
-    if tasks_params is None:
-        heads = reached_leaves([losses], stop_at=features)
-    else:
-        heads = _flatten_tasks_params(tasks_params, losses)
-    blocks, used, head_grads = compute_mtl_jacobian(
-        losses, features, shared, heads, retain_graph, parallel_chunk_size, tasks
-    )
-    accumulate(aggregator(flatten_rows(blocks)), used)
+    heads, listed = task_params(tasks_params, tasks, losses, features)
+    check_no_overlap(shared, heads, tasks_given=tasks_params is not None)
+    if not shared and not heads:
+        return
+    with kept_grads([*(tasks or [losses]), *features, *shared, *heads]):
+        blocks, used, head_grads = compute_mtl_jacobian(
+            losses,
+            features,
+            shared,
+            heads,
+            retain_graph,
+            parallel_chunk_size,
+            tasks,
+            listed=listed,
+            zeros=True,
+            keep_for_fallback=False,
+        )
+    if used:
+        accumulate(aggregator(flatten_rows(blocks)), used)
     for param, grad in head_grads:
         add_grad(param, grad)
 
@@ -67,12 +95,18 @@ def compute_mtl_jacobian(
     retain_graph: bool,
     chunk_size: int | None,
     tasks: Sequence[Tensor] | None = None,
+    *,
+    listed: Sequence[frozenset[int]] | None = None,
+    zeros: bool = False,
+    keep_for_fallback: bool = True,
 ) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]]:
     """The shared Jacobian, the shared inputs it covers, and the heads' gradients.
 
-    The Jacobian is one block ``[k, p.numel()]`` per covered shared parameter ``p``.
-    A head parameter reached by the losses gets the gradient of ``Σᵢ losses[i]``, so a
-    parameter of task ``i`` only gets ``∂losses[i]/∂θ``; unreached ones are left out.
+    The Jacobian is one block ``[k, p.numel()]`` per covered shared parameter ``p``. A head
+    parameter gets the gradient of the sum of the losses, or, given ``listed`` (for each head,
+    the tasks that list it), of the listed tasks' losses. Shared parameters and heads that the
+    losses do not reach are left out, or get zeros with ``zeros`` (which also accepts losses
+    that reach no feature). ``keep_for_fallback``: see :func:`~._jacobian.jacobian_rows`.
 
     When each task reaches ``features`` through graph nodes of its own (separate heads) and the
     shared parameters reach the losses only through ``features``, the heads run once, in one
@@ -82,9 +116,20 @@ def compute_mtl_jacobian(
     ``tasks`` (the tensors that ``losses`` concatenates, given as a list) are scalars.
     """
     roots = task_roots(losses, tasks)
-    edges = None if roots is None else split_at_features(roots, features, shared)
-    if edges is not None:
-        return two_stage(losses, edges, features, shared, heads, retain_graph, chunk_size)
+    split = None if roots is None else split_at_features(roots, features, shared, heads=heads)
+    if split is not None:
+        return two_stage(
+            losses,
+            split,
+            features,
+            shared,
+            heads,
+            retain_graph,
+            chunk_size,
+            listed=listed,
+            zeros=zeros,
+            keep_for_fallback=keep_for_fallback,
+        )
     inputs = [*features, *shared, *heads]
     rows = jacobian_rows(
         [losses],
@@ -92,41 +137,11 @@ def compute_mtl_jacobian(
         [identity_rows(losses)],
         retain_graph=retain_graph,
         chunk_size=chunk_size,
+        keep_for_fallback=keep_for_fallback,
     )
-    if all(row is None for row in rows[: len(features)]):
+    if not zeros and all(row is None for row in rows[: len(features)]):
         raise ValueError(NO_FEATURES)
     shared_rows = rows[len(features) : len(features) + len(shared)]
-    head_grads = summed_rows(heads, rows[len(features) + len(shared) :])
-    return *shared_blocks(shared, shared_rows), head_grads
-
-
-def check_features(features: object) -> list[Tensor]:
-    """Returns ``features`` as a list of tensors that require grad, or raises."""
-    features = [features] if isinstance(features, Tensor) else features
-    if (
-        not isinstance(features, Sequence)
-        or not features
-        or not all(isinstance(f, Tensor) for f in features)
-    ):
-        raise TypeError(
-            "`features` should be a tensor or a non-empty sequence of tensors: the output of "
-            f"the shared trunk. Found {type(features).__name__}."
-        )
-    for f in features:
-        if not f.requires_grad:
-            raise ValueError(
-                "`features` should be part of the graph (require grad): pass the output of the "
-                f"shared trunk, not a detached tensor. Found a tensor of shape {tuple(f.shape)} "
-                "that does not require grad."
-            )
-    return list(features)
-
-
-def _flatten_tasks_params(tasks_params: Sequence[Iterable[Tensor]], losses: Tensor) -> list[Tensor]:
-    heads = [list(params) for params in tasks_params]
-    if len(heads) != losses.numel():
-        raise ValueError(
-            f"`tasks_params` should have one entry per task: {losses.numel()} losses, "
-            f"{len(heads)} entries."
-        )
-    return list({id(p): p for params in heads for p in params}.values())
+    head_grads = summed_rows(rows[len(features) + len(shared) :], listed)
+    m = losses.numel() if zeros else None
+    return *shared_blocks(shared, shared_rows, m), with_grads(heads, head_grads, zeros)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._heads import gradients_at_features, separable, split_at_features, task_roots
+from ._heads import Split, gradients_at_features, separable, split_at_features, task_roots
 from ._jacobian import identity_rows, jacobian_rows
 
 NO_FEATURES = (
@@ -19,22 +19,46 @@ NO_FEATURES = (
 
 def two_stage(
     losses: Tensor,
-    edges: list,
+    split: Split,
     features: Sequence[Tensor],
     shared: Sequence[Tensor],
     heads: Sequence[Tensor],
     retain_graph: bool,
     chunk_size: int | None,
+    *,
+    listed: Sequence[frozenset[int]] | None = None,
+    zeros: bool = False,
+    keep_for_fallback: bool = True,
 ) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]]:
     """:func:`._mtl_backward.compute_mtl_jacobian` in two stages: one backward pass through the
     heads gives each task's gradient at the features, then one batched pass takes all ``k``
-    rows through the trunk."""
-    captured, head_grads = gradients_at_features(losses, edges, features, heads)
-    reached, cotangents = _stacked(captured, features)
-    shared_rows = jacobian_rows(
-        reached, shared, cotangents, retain_graph=retain_graph, chunk_size=chunk_size
+    rows through the trunk.
+
+    Each head parameter is reached by one task at most (its owner): its gradient is the
+    owner's, kept when the owner lists it (``listed``: for each head, the tasks that list it).
+    """
+    captured, grads = gradients_at_features(
+        losses, split.edges, features, heads, retain_graph=retain_graph
     )
-    return *shared_blocks(shared, shared_rows), _own_storage(heads, head_grads)
+    reached, cotangents = _stacked(captured, features, strict=not zeros)
+    shared_rows: list[Tensor | None] = [None] * len(shared)
+    if reached and shared:
+        shared_rows = jacobian_rows(
+            reached,
+            shared,
+            cotangents,
+            retain_graph=retain_graph,
+            chunk_size=chunk_size,
+            keep_for_fallback=keep_for_fallback,
+        )
+    grads = _own_storage(grads)
+    if listed is not None:
+        grads = [
+            None if split.owners.get(id(head)) not in tasks else grad
+            for head, grad, tasks in zip(heads, grads, listed, strict=True)
+        ]
+    m = losses.numel() if zeros else None
+    return *shared_blocks(shared, shared_rows, m), with_grads(heads, grads, zeros)
 
 
 def feature_cotangents(
@@ -55,10 +79,10 @@ def feature_cotangents(
     repeated features). Keeps the graph.
     """
     roots = task_roots(losses, tasks)
-    edges = None if roots is None else split_at_features(roots, features, shared)
-    if edges is not None:
-        captured, head_grads = gradients_at_features(losses, edges, features, heads)
-        return *_stacked(captured, features), _own_storage(heads, head_grads)
+    split = None if roots is None else split_at_features(roots, features, shared)
+    if split is not None:
+        captured, grads = gradients_at_features(losses, split.edges, features, heads)
+        return *_stacked(captured, features), with_grads(heads, _own_storage(grads), False)
     if not separable(losses, features, shared):
         return None
     rows = jacobian_rows(
@@ -72,16 +96,17 @@ def feature_cotangents(
     reached = [f for f, row in zip(features, feature_rows, strict=True) if row is not None]
     if not reached:
         raise ValueError(NO_FEATURES)
-    head_grads = summed_rows(heads, rows[len(features) :])
+    head_grads = with_grads(heads, summed_rows(rows[len(features) :]), False)
     return reached, [row for row in feature_rows if row is not None], head_grads
 
 
 def _stacked(
-    captured: list[list[Tensor | None]], features: Sequence[Tensor]
+    captured: list[list[Tensor | None]], features: Sequence[Tensor], *, strict: bool = True
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """The features some task reaches, and their cotangents ``[k, *feature.shape]``."""
+    """The features some task reaches, and their cotangents ``[k, *feature.shape]``; raises
+    when there are none if ``strict``."""
     reached = [j for j in range(len(features)) if any(task[j] is not None for task in captured)]
-    if not reached:
+    if not reached and strict:
         raise ValueError(NO_FEATURES)
     cotangents = [
         torch.stack(
@@ -92,37 +117,57 @@ def _stacked(
     return [features[j] for j in reached], cotangents
 
 
-def _own_storage(
-    heads: Sequence[Tensor], head_grads: Sequence[Tensor | None]
-) -> list[tuple[Tensor, Tensor]]:
+def _own_storage(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
     """The heads' gradients, each in memory of its own.
 
     autograd may hand one tensor (or an expanded view) to several parameters; the batched pass
     (a sum over rows) gives fresh tensors.
     """
-    grads, storages = [], set()
-    for head, grad in zip(heads, head_grads, strict=True):
-        if grad is None:
-            continue
-        storage = grad.untyped_storage().data_ptr()
-        if grad._base is not None or not grad.is_contiguous() or storage in storages:
-            grad = grad.clone(memory_format=torch.contiguous_format)
-        storages.add(grad.untyped_storage().data_ptr())
-        grads.append((head, grad))
-    return grads
+    owned: list[Tensor | None] = []
+    storages = set()
+    for grad in grads:
+        if grad is not None:
+            storage = grad.untyped_storage().data_ptr()
+            if grad._base is not None or not grad.is_contiguous() or storage in storages:
+                grad = grad.clone(memory_format=torch.contiguous_format)
+            storages.add(grad.untyped_storage().data_ptr())
+        owned.append(grad)
+    return owned
 
 
 def shared_blocks(
-    shared: Sequence[Tensor], rows: Sequence[Tensor | None]
+    shared: Sequence[Tensor], rows: Sequence[Tensor | None], m: int | None = None
 ) -> tuple[list[Tensor], list[Tensor]]:
+    """The Jacobian's blocks ``[m, p.numel()]`` and the shared parameters they cover: those
+    the losses reach, or (given ``m``) every one, with zeros for the others."""
+    if m is not None:
+        rows = [
+            p.new_zeros(m, *p.shape) if r is None else r for p, r in zip(shared, rows, strict=True)
+        ]
     used = [p for p, row in zip(shared, rows, strict=True) if row is not None]
-    if not used:
+    if not used and m is None:
         raise ValueError("`features` do not depend on any shared parameter.")
     return [row.reshape(row.shape[0], -1) for row in rows if row is not None], used
 
 
 def summed_rows(
-    heads: Sequence[Tensor], rows: Sequence[Tensor | None]
+    rows: Sequence[Tensor | None], listed: Sequence[frozenset[int]] | None = None
+) -> list[Tensor | None]:
+    """Each head's gradient: the sum of its rows (of the rows of the tasks that list it)."""
+    if listed is None:
+        return [None if row is None else row.sum(dim=0) for row in rows]
+    return [
+        None if row is None else row[sorted(tasks)].sum(dim=0)
+        for row, tasks in zip(rows, listed, strict=True)
+    ]
+
+
+def with_grads(
+    heads: Sequence[Tensor], grads: Sequence[Tensor | None], zeros: bool
 ) -> list[tuple[Tensor, Tensor]]:
-    """Each head parameter reached by the losses with its gradient: the sum of its rows."""
-    return [(h, row.sum(dim=0)) for h, row in zip(heads, rows, strict=True) if row is not None]
+    """Each head with its gradient; one without gets zeros if ``zeros``, else is left out."""
+    return [
+        (head, head.new_zeros(head.shape) if grad is None else grad)
+        for head, grad in zip(heads, grads, strict=True)
+        if grad is not None or zeros
+    ]

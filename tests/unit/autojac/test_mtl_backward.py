@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from jdopt.autojac import _mtl_backward, mtl_backward
+from jdopt.autojac import mtl_backward
 from jdopt.autojac._heads import split_at_features, task_roots
 from tests.utils.reference import Recorder, jacobian_by_rows
 
@@ -61,13 +61,10 @@ def test_invalid_features() -> None:
     trunk, _heads, features, losses = _setup()
     with pytest.raises(ValueError, match="require grad"):
         mtl_backward(losses, features.detach(), Recorder())
-    with pytest.raises(ValueError, match="do not depend on `features`"):
-        other = nn.Linear(4, 5).double()(torch.randn(2, 4, dtype=torch.float64))
-        mtl_backward(losses, other, Recorder())
     with pytest.raises(ValueError, match="one entry per task"):
         mtl_backward(losses, features, Recorder(), tasks_params=[[]])
     with pytest.raises(TypeError, match="features"):
-        mtl_backward(losses, [], Recorder())
+        mtl_backward(losses, "features", Recorder())
     assert all(p.grad is None for p in trunk.parameters())
 
 
@@ -81,21 +78,16 @@ def test_default_shared_params_are_upstream_of_features() -> None:
 
 
 def _task_list(trunk: nn.Module, heads: list[nn.Module], x: torch.Tensor, *, tied: bool):
-    """Task losses as a list (one tensor per task, of several shapes); with ``tied``, the last
-    head also uses the trunk's first weight directly (a path around the features)."""
+    """Scalar task losses, three of them from one head; with ``tied``, the last head also uses
+    the trunk's first weight directly (a path around the features). Returns the tasks, the
+    features and each task's parameters."""
     features = trunk(x)
-    tasks = [(heads[0](features) ** 2).mean(), (heads[1](features) ** 2).squeeze(1)[:3]]
+    tasks = [(heads[0](features) ** 2).mean(), *(heads[1](features) ** 2).squeeze(1)[:3]]
     last = (heads[2](features) ** 2).mean()
     if tied:
         last = last + trunk[0].weight.sum() ** 2
-    return [*tasks, last], features
-
-
-@pytest.fixture(params=["two-stage", "one pass"])
-def two_stage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs a test with the two-stage pass where it applies, then with the batched pass only."""
-    if request.param == "one pass":
-        monkeypatch.setattr(_mtl_backward, "split_at_features", lambda *_: None)
+    own = [list(heads[i].parameters()) for i in (0, 1, 1, 1, 2)]
+    return [*tasks, last], features, own
 
 
 @pytest.mark.usefixtures("two_stage")
@@ -104,16 +96,25 @@ def two_stage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 def test_losses_given_as_a_list_match_the_row_by_row_jacobian(
     tied: bool, chunk: int | None
 ) -> None:
+    """The shared Jacobian is the losses' whole Jacobian, paths around the features included
+    (given ``tasks_params``: by default a tied weight would be both shared and task-specific)."""
     trunk, heads, _, _ = _setup()
     x = torch.randn(6, 4, dtype=torch.float64)
-    tasks, features = _task_list(trunk, heads, x, tied=tied)
-    losses = torch.cat([t.reshape(-1) for t in tasks])
+    tasks, features, own = _task_list(trunk, heads, x, tied=tied)
+    losses = torch.stack(tasks)
     shared = list(trunk.parameters())
     expected = jacobian_by_rows(losses, shared)
     head_params = [p for h in heads for p in h.parameters()]
     expected_heads = torch.autograd.grad(losses.sum(), head_params, retain_graph=True)
     recorder = Recorder()
-    mtl_backward(tasks, features, recorder, shared_params=shared, parallel_chunk_size=chunk)
+    mtl_backward(
+        tasks,
+        features,
+        recorder,
+        tasks_params=own if tied else None,
+        shared_params=shared,
+        parallel_chunk_size=chunk,
+    )
     assert torch.allclose(recorder.jacobian, expected, atol=1e-12)
     for p, g in zip(head_params, expected_heads, strict=True):
         assert torch.allclose(p.grad, g, atol=1e-12)
@@ -132,8 +133,19 @@ def test_a_listed_task_that_ignores_the_features_gets_a_zero_row() -> None:
     assert torch.allclose(recorder.jacobian, expected, atol=1e-12)
     assert recorder.jacobian[1].abs().max() == 0
     assert torch.allclose(own.grad, torch.tensor(4.0, dtype=torch.float64))
-    with pytest.raises(ValueError, match="do not depend on `features`"):
-        mtl_backward([own**2, own**3], features, Recorder())
+
+
+@pytest.mark.usefixtures("two_stage")
+def test_losses_that_reach_no_feature_give_a_zero_jacobian() -> None:
+    """As in TorchJD: zero rows, not an error; the heads still get their gradients."""
+    trunk, _, features, _ = _setup(2)
+    own = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    recorder = Recorder()
+    mtl_backward([own**2, own**3], features, recorder)
+    n = sum(p.numel() for p in trunk.parameters())
+    assert torch.equal(recorder.jacobian, torch.zeros(2, n, dtype=torch.float64))
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in trunk.parameters())
+    assert torch.allclose(own.grad, torch.tensor(16.0, dtype=torch.float64))
 
 
 @pytest.mark.usefixtures("two_stage")
@@ -174,7 +186,7 @@ def test_the_split_applies_only_to_separate_heads_of_scalar_tasks() -> None:
     features = trunk(x)
     shared = list(trunk.parameters())
     separate = [features[:, 0].mean(), features[:, 1].pow(2).mean()]
-    assert [len(e) for e in _split(separate, [features], shared)] == [1, 1]
+    assert [len(e) for e in _split(separate, [features], shared).edges] == [1, 1]
     outputs = shared_head(features)  # one node reached by both tasks
     assert _split([outputs[:, 0].mean(), outputs[:, 1].mean()], [features], shared) is None
     around = [features.mean(), trunk.weight.sum()]  # a shared parameter around the features
