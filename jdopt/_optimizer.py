@@ -17,7 +17,7 @@ from ._linalg import compute_gramian, flatten_generalized, sum_of_gramians
 from ._losses import as_losses, check_chunk_size, check_finite_losses
 from .aggregation import Aggregator, GramianWeightedAggregator, UPGrad, Weighting
 from .autogram import Engine
-from .autojac._accumulate import accumulate, add_grad, flatten_rows
+from .autojac._accumulate import accumulate, add_grad, flatten_rows, kept_grads
 from .autojac._backward import compute_jacobian
 from .autojac._graph import reached_leaves
 from .autojac._mtl_backward import check_features, compute_mtl_jacobian
@@ -204,8 +204,21 @@ class JDOptimizer(DelegatingOptimizer):
         if not _scaling(self.scaler):
             check_finite_losses(losses)
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+        features = None if features is None else check_features(features)
+        # The batched passes would leave an unusable .grad on losses or features that called
+        # retain_grad(): they keep theirs.
+        with kept_grads([*(tasks or [losses]), *(features or [])]):
+            self._dispatch(losses, features, params, tasks)
+
+    def _dispatch(
+        self,
+        losses: Tensor,
+        features: list[Tensor] | None,
+        params: list[Tensor],
+        tasks: list[Tensor] | None,
+    ) -> None:
         if features is not None:
-            self._backward_mtl(losses, check_features(features), params, tasks)
+            self._backward_mtl(losses, features, params, tasks)
         elif self._gramian_engine is not None and self._engine_is_current():
             self._backward_autogram(losses, params)
         elif self._distributed:

@@ -364,3 +364,35 @@ def test_a_rebuild_that_fails_is_tried_again_at_the_next_step() -> None:
     model[0].requires_grad_(False)  # undone: the old engine is current again
     _train(gram, model, "[B]", steps=1)
     assert gram.last_step.engine == "autogram"
+
+
+@pytest.mark.parametrize("on_engine", [True, False])
+@pytest.mark.parametrize("kind", ["per-sample", "multi-task"])
+def test_losses_and_features_that_retain_grad_keep_a_usable_grad(on_engine, kind) -> None:
+    """Tensors of the step that called ``retain_grad()`` keep the ``.grad`` they had (the
+    batched passes must not leave them a tensor without storage), and the step is unchanged."""
+    net, reference = _MultiTask(), _MultiTask()
+    steps = []
+    for model, retain in ((net, True), (reference, False)):
+        jd = JDOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            aggregator=agg.UPGrad(),
+            model=model.trunk if on_engine else None,
+            batch_dim=0 if kind == "per-sample" and on_engine else None,
+        )
+        x = torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        tasks, features = model(x)
+        losses = torch.stack(tasks) if kind == "multi-task" else model.heads[0](features)[:, 0]
+        # Features of a multi-task step (given to step) and losses; not other graph tensors.
+        kept = [losses, features] if kind == "multi-task" else [losses]
+        if retain:
+            for tensor in kept:
+                tensor.retain_grad()
+                tensor.grad = torch.ones_like(tensor)
+        jd.zero_grad()
+        jd.step(losses, features=features if kind == "multi-task" else None)
+        steps.append(jd.last_step.engine)
+        if retain:  # reading the values fails on a tensor without storage
+            assert all(torch.equal(t.grad, torch.ones_like(t)) for t in kept)
+    assert steps[0] == steps[1]
+    assert torch.allclose(_params(net), _params(reference), atol=1e-12)
