@@ -5,7 +5,8 @@ from torch import Tensor
 
 from ._bases import GramianWeightedAggregator, Weighting
 from ._checks import check_choice
-from ._pref import check_pref_vector, pref_repr, pref_weights
+from ._pref import check_pref_vector, pref_weights
+from ._repr import vector_suffix
 
 SCALE_MODES = ("min", "median", "rmse")
 
@@ -38,9 +39,6 @@ class AlignedMTLWeighting(Weighting):
         weights = pref_weights(self.pref_vector, gramian)
         return _balance(gramian.to(torch.float64), self.scale_mode).to(gramian.dtype) @ weights
 
-    def extra_repr(self) -> str:
-        return f"pref_vector={pref_repr(self.pref_vector)}, scale_mode={self.scale_mode!r}"
-
 
 def _balance(gramian: Tensor, scale_mode: str) -> Tensor:
     """The balancing transformation ``B`` (the identity for a zero Gramian)."""
@@ -64,3 +62,6 @@ class AlignedMTL(GramianWeightedAggregator):
 
     def __init__(self, pref_vector: Tensor | None = None, scale_mode: str = "min") -> None:
         super().__init__(AlignedMTLWeighting(pref_vector, scale_mode))
+
+    def __str__(self) -> str:
+        return f"AlignedMTL{vector_suffix(self.weighting.pref_vector)}"

@@ -7,42 +7,62 @@ Index letters used throughout: ``m`` objectives (rows of the Jacobian), ``n`` pa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from .._linalg import compute_gramian, flatten_generalized
 from ._checks import check_finite, check_gramian, check_matrix
+from ._repr import ConstructorRepr
 
 
-class Weighting(nn.Module, ABC):
+class Weighting(ConstructorRepr, ABC):
     """Maps a Gramian ``G = J Jᵀ`` of shape ``[m, m]`` to weights of shape ``[m]``.
 
     The update of the corresponding aggregator is ``weights @ J``. Subclasses implement
-    :meth:`forward`; calling the module validates the Gramian first.
+    :meth:`forward`; calling the module validates the Gramian first. ``repr`` and ``str``
+    are the constructor call (see :class:`._repr.ConstructorRepr`).
+
+    Attributes:
+        accepts_no_objectives: whether a Gramian with no objectives (``[0, 0]``) is valid
+            input (giving weights ``[0]``). ``False`` unless a subclass sets it.
     """
+
+    accepts_no_objectives: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, gramian: Tensor, /) -> Tensor:
         """Returns the weights ``[m]`` for a Gramian ``[m, m]``."""
 
     def __call__(self, gramian: Tensor, /) -> Tensor:
-        check_gramian(gramian)
+        check_gramian(gramian, min_rows=0 if self.accepts_no_objectives else 1)
         return super().__call__(gramian)
 
 
-class Aggregator(nn.Module, ABC):
+class Aggregator(ConstructorRepr, ABC):
     """Maps a Jacobian of shape ``[m, n]`` to an update of shape ``[n]``.
 
-    Calling the module validates the Jacobian (a finite matrix with at least one row) first.
+    Calling the module validates the Jacobian (a finite matrix, with at least one row unless
+    ``accepts_no_objectives``) first. ``repr`` is the constructor call (see
+    :class:`._repr.ConstructorRepr`), ``str`` the method's short name, as in TorchJD.
+
+    Attributes:
+        accepts_no_objectives: whether a Jacobian with no rows (``[0, n]``) is valid input
+            (giving a zero update). ``False`` unless a subclass sets it.
     """
+
+    accepts_no_objectives: bool = False
 
     @abstractmethod
     def forward(self, jacobian: Tensor, /) -> Tensor:
         """Returns the update ``[n]`` for a Jacobian ``[m, n]``."""
 
     def __call__(self, jacobian: Tensor, /) -> Tensor:
-        check_matrix(jacobian, "jacobian")
+        check_matrix(jacobian, "jacobian", min_rows=0 if self.accepts_no_objectives else 1)
         return super().__call__(jacobian)
+
+    def __str__(self) -> str:
+        return type(self).__name__
 
 
 class WeightedAggregator(Aggregator):
@@ -84,11 +104,16 @@ class GramianWeightedAggregator(WeightedAggregator):
             )
         super().__init__(weighting)
 
+    @property
+    def accepts_no_objectives(self) -> bool:  # type: ignore[override]
+        """Whether its weighting accepts no objectives."""
+        return self.weighting.accepts_no_objectives
+
     def compute_weights(self, jacobian: Tensor, /) -> Tensor:
         return self.weighting(compute_gramian(jacobian))
 
 
-class GeneralizedWeighting(nn.Module, ABC):
+class GeneralizedWeighting(ConstructorRepr, ABC):
     """Maps a generalized Gramian of shape ``[*S, *reversed(S)]`` to weights of shape ``S``.
 
     For losses of shape ``S``, the generalized Gramian holds the inner product of the gradients
@@ -127,6 +152,9 @@ class Flattening(GeneralizedWeighting):
     def forward(self, generalized_gramian: Tensor, /) -> Tensor:
         shape = generalized_gramian.shape[: generalized_gramian.ndim // 2]
         return self.weighting(flatten_generalized(generalized_gramian)).reshape(shape)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.weighting!r})"
 
 
 def _check_generalized_gramian(generalized_gramian: Tensor) -> None:

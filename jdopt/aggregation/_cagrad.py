@@ -10,6 +10,7 @@ from torch import Tensor
 from .._linalg import normalize
 from ._bases import GramianWeightedAggregator, Weighting
 from ._checks import check_nonnegative
+from ._repr import number_str
 from ._simplex import affine_minimizer, solve_simplex_qp
 
 _MAX_ROUNDS = 200
@@ -62,9 +63,6 @@ class CAGradWeighting(Weighting):
             # ‖g_w*‖ ≈ 0: the best worst-case improvement is 0, reached by not moving.
             weights = mean + (radius / norm) * w if norm >= self.norm_eps else np.zeros(m)
         return torch.from_numpy(weights).to(dtype=gramian.dtype, device=gramian.device)
-
-    def extra_repr(self) -> str:
-        return f"c={self.c}, norm_eps={self.norm_eps}"
 
 
 def _solve_inner(
@@ -146,3 +144,6 @@ class CAGrad(GramianWeightedAggregator):
 
     def __init__(self, c: float, norm_eps: float = 1e-4) -> None:
         super().__init__(CAGradWeighting(c, norm_eps))
+
+    def __str__(self) -> str:
+        return f"CAGrad{number_str(self.weighting.c)}"

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 
-def check_matrix(matrix: Tensor, name: str) -> None:
-    """Checks that ``matrix`` is a finite 2-D tensor with at least one row."""
+def check_matrix(matrix: Tensor, name: str, *, min_rows: int = 1) -> None:
+    """Checks that ``matrix`` is a finite 2-D tensor with at least ``min_rows`` rows."""
     if not isinstance(matrix, Tensor):
         raise TypeError(f"`{name}` should be a torch.Tensor. Found {type(matrix).__name__}.")
     if matrix.ndim != 2:
@@ -21,7 +21,7 @@ def check_matrix(matrix: Tensor, name: str) -> None:
             f"`{name}` should be a matrix (2-D tensor, one row per objective). Found a tensor "
             f"of shape {tuple(matrix.shape)}. Reshape it to [m, n]."
         )
-    if matrix.shape[0] == 0:
+    if matrix.shape[0] < min_rows:
         raise ValueError(
             f"`{name}` should have at least one row (one per objective). Found shape "
             f"{tuple(matrix.shape)}."
@@ -29,9 +29,9 @@ def check_matrix(matrix: Tensor, name: str) -> None:
     check_finite(matrix, name)
 
 
-def check_gramian(gramian: Tensor, name: str = "gramian") -> None:
-    """Checks that ``gramian`` is a finite square matrix."""
-    check_matrix(gramian, name)
+def check_gramian(gramian: Tensor, name: str = "gramian", *, min_rows: int = 1) -> None:
+    """Checks that ``gramian`` is a finite square matrix with at least ``min_rows`` rows."""
+    check_matrix(gramian, name, min_rows=min_rows)
     if gramian.shape[0] != gramian.shape[1]:
         raise ValueError(
             f"`{name}` should be a square matrix [m, m] (for example `J @ J.T`). Found shape "
@@ -70,14 +70,14 @@ def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"`{name}` should be one of {choices}. Found {name}={value!r}.")
 
 
-def check_vector(vector: object, name: str) -> Tensor:
-    """Checks that ``vector`` is a finite, non-empty 1-D tensor and returns it."""
+def check_vector(vector: object, name: str, *, allow_empty: bool = False) -> Tensor:
+    """Checks that ``vector`` is a finite 1-D tensor, non-empty unless ``allow_empty``, and
+    returns it."""
     if not isinstance(vector, Tensor):
         raise TypeError(f"`{name}` should be a 1-D torch.Tensor. Found {type(vector).__name__}.")
-    if vector.ndim != 1 or vector.numel() == 0:
-        raise ValueError(
-            f"`{name}` should be a non-empty 1-D tensor. Found shape {tuple(vector.shape)}."
-        )
+    if vector.ndim != 1 or (vector.numel() == 0 and not allow_empty):
+        kind = "1-D" if allow_empty else "non-empty 1-D"
+        raise ValueError(f"`{name}` should be a {kind} tensor. Found shape {tuple(vector.shape)}.")
     check_finite(vector, name)
     return vector
 

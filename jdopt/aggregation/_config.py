@@ -5,7 +5,8 @@ from torch import Tensor
 
 from ._bases import Aggregator
 from ._checks import check_length
-from ._pref import check_pref_vector, pref_repr
+from ._pref import check_pref_vector
+from ._repr import vector_suffix
 
 
 class ConFIG(Aggregator):
@@ -55,8 +56,8 @@ class ConFIG(Aggregator):
         check_length(self.pref_vector, "pref_vector", m)
         return self.pref_vector.to(dtype=jacobian.dtype, device=jacobian.device)
 
-    def extra_repr(self) -> str:
-        return f"pref_vector={pref_repr(self.pref_vector)}"
+    def __str__(self) -> str:
+        return f"ConFIG{vector_suffix(self.pref_vector)}"
 
 
 def _unit_rows(jacobian: Tensor) -> Tensor:

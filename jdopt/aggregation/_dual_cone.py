@@ -38,7 +38,15 @@ The native solver handles ``k`` such problems at once, all sharing ``G``:
   then the primal one. The primal's rows that still miss it get exact reduced solves on their
   free sets (:func:`._dual_cone_pivot.polish`: next to very negative bounds, the check
   multiplies iterative solves' tolerance by a huge slack); if that fails too the solver raises
-  rather than return inaccurate (or NaN) weights.
+  rather than return inaccurate (or NaN) weights;
+- a singular ``G`` (``reg_eps=0`` with a rank-deficient Jacobian, zero or duplicated rows; any
+  ``G`` whose unit-diagonal Cholesky factor has a tiny pivot) is solved with a ridge of 1e-9
+  of its diagonal, then refined by exact proximal-point steps towards the problem without it
+  (:func:`._dual_cone_pivot.refine`); the final check is on ``G`` itself. Its weights are the
+  limit of those of a vanishing ridge: unique, although ``G``'s problem has many solutions
+  (``Jᵀv*`` is unique). A ``G`` that is not positive semi-definite to float64's rounding (a
+  float32 Gramian) is first given the smallest ridge that makes it so, up to 1e-4 of its
+  diagonal.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from torch import Tensor
 
 from ._checks import check_choice
 from ._dual_cone_box import BoxQP
-from ._dual_cone_pivot import PIVOTING_TOLERANCE, polish, solve_box, splits
+from ._dual_cone_pivot import PIVOTING_TOLERANCE, polish, refine, solve_box, splits
 from ._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
 
 SOLVERS = ("native", *REFERENCE_SOLVERS)
@@ -69,6 +77,20 @@ _DUAL_MAX_CONDITION = 1e8
 KKT_TOLERANCE = 1e-7
 # ADMM's penalty on the dual problem (see _penalty for the primal's).
 _DUAL_PENALTY = 0.5
+# A Gramian whose unit-diagonal Cholesky factor has a squared pivot below _SINGULAR (a
+# condition number above 1/_SINGULAR) is solved as singular: with a ridge of _RIDGE times its
+# diagonal (at least _RIDGE_FLOOR times its largest entry: zero rows), which moves the KKT
+# residual by at most _RIDGE (a hundredth of KKT_TOLERANCE), then _REFINEMENTS proximal-point
+# steps towards the problem without it. Relative to the diagonal, the ridge shifts every
+# eigenvalue of the unit-diagonal G alike: its null space stays one cluster of eigenvalues,
+# which costs CG one iteration, not many (measured: m = 128, rank 5, 100 → 50 ms).
+_SINGULAR, _RIDGE, _RIDGE_FLOOR, _REFINEMENTS = 1e-9, 1e-9, 1e-6, 2
+# A G that is not positive semi-definite to float64's rounding gets a ridge of up to
+# 10**_ESCALATIONS times _RIDGE (1e-4, UPGrad's default reg_eps), the smallest that suffices.
+_ESCALATIONS = 5
+# CG stalls on such matrices (a cluster of eigenvalues at the ridge and a spread elsewhere):
+# a reduced system that CG does not solve in this many iterations is solved by Cholesky.
+_SINGULAR_CG_STEPS = 30
 
 
 def project_weights(
@@ -78,7 +100,8 @@ def project_weights(
 
     Args:
         preferences: ``[k, m]`` lower bounds ``u``, one problem per row (any signs).
-        gramian: ``[m, m]`` symmetric positive definite ``G`` (normalised and regularised).
+        gramian: ``[m, m]`` symmetric positive semi-definite ``G`` (normalised, and usually
+            regularised; singular is allowed).
         solver: ``"native"`` (default, batched, on the Gramian's device), or ``"quadprog"`` /
             ``"osqp"`` (the slow per-row reference, through ``qpsolvers``).
         initial: optional ``[k, m]`` warm start, e.g. the previous step's solution; it changes
@@ -91,7 +114,7 @@ def project_weights(
 
     Raises:
         ValueError: on inconsistent shapes, an unknown solver, or a Gramian that is not
-            positive definite.
+            positive semi-definite.
         RuntimeError: if the native solver cannot reach a relative KKT residual of
             ``KKT_TOLERANCE``; use a reference solver then. Observed only for rows whose
             negative preferences are 1e9 times their largest positive one or more: the
@@ -159,18 +182,87 @@ def kkt_residual(weights: Tensor, preferences: Tensor, gramian: Tensor) -> Tenso
 
 def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor:
     """The native solver on float64 inputs with ``max(u) > 0`` in every row."""
+    root, scaled, factor, pivot = _factorize(gramian)
+    if pivot**2 >= _SINGULAR:
+        return _solve_definite(gramian, preferences, start, (root, scaled, factor, pivot))
+    return _solve_semidefinite(gramian, preferences, start)
+
+
+def _factorize(gramian: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Jacobi scaling and Cholesky: ``(√diag(G), G scaled to a unit diagonal, its Cholesky
+    factor, the factor's smallest pivot)``. The pivot is NaN where the factorisation fails
+    (a singular or indefinite ``G``, a zero or negative diagonal entry)."""
     root = gramian.diagonal().sqrt()
     scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)  # unit diagonal
     factor, info = torch.linalg.cholesky_ex(scaled)
     # LAPACK reports NaN through `info`; the pivot check also catches a factor with NaN (where
     # G has a non-finite entry or a non-positive diagonal one) from a backend that does not.
     pivot = float(factor.diagonal().amin())
-    if int(info) != 0 or not pivot > 0:
-        raise ValueError(
-            "`gramian` should be positive definite. Found a Gramian whose Cholesky "
-            "factorisation fails. Add a ridge (`gramian + eps * I`, e.g. eps=1e-4 after "
-            "normalising by the trace), as UPGrad and DualProj do with `reg_eps`."
-        )
+    return root, scaled, factor, pivot if int(info) == 0 and pivot > 0 else math.nan
+
+
+def _solve_semidefinite(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor:
+    """A singular (or nearly singular) positive semi-definite ``G``: zero rows, duplicated rows,
+    a rank-deficient Jacobian, ``reg_eps=0``.
+
+    The problem with a ridge of ``_RIDGE`` times the diagonal of ``G`` is solved (with short CG
+    solves: CG stalls on such matrices), then refined by proximal-point steps towards the
+    problem without it (see :func:`._dual_cone_pivot.refine`), and checked on ``G``. The
+    weights tend to those of the problem with a vanishing ridge, which are unique even where
+    ``G``'s are not (e.g. duplicated rows share their weight equally). A ``G`` with negative
+    eigenvalues beyond float64's rounding (a float32 Gramian: about -1e-6 of its diagonal) is
+    taken with the smallest ridge, ``10ᵏ`` times ``_RIDGE`` for ``k ≤ _ESCALATIONS``, that makes
+    it positive definite: the problem is then solved, and checked, on ``G`` plus it.
+    """
+    largest = float(gramian.diagonal().amax())
+    if largest == 0 and not bool(gramian.any()):  # G = 0: every v ≥ u is optimal
+        return preferences.clamp_min(0)
+    floor = _RIDGE_FLOOR * largest if largest > 0 else math.nan
+    ridge = _RIDGE * gramian.diagonal().clamp_min(floor)
+    base, factorization = _definite_base(gramian, ridge)
+    shifted = base + torch.diag(ridge)
+    weights = _solve_definite(shifted, preferences, start, factorization, _SINGULAR_CG_STEPS)
+    root, scaled = factorization[:2]
+    qp = BoxQP(scaled, torch.zeros_like(preferences), preferences * root)
+    solution = refine(qp, weights * root, ridge / root.square(), _REFINEMENTS)
+    weights = torch.maximum(solution / root, preferences)
+    residual = _residual(weights, preferences, base)
+    if not residual <= KKT_TOLERANCE:  # NaN too
+        raise RuntimeError(_inaccurate(residual))
+    return weights
+
+
+def _definite_base(
+    gramian: Tensor, ridge: Tensor
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, float]]:
+    """``G``, or ``G`` plus the smallest multiple ``10ᵏ ridge`` (``k ≥ 1``) that makes it
+    positive definite, and the :func:`_factorize` of that plus ``ridge``."""
+    base = gramian
+    for power in range(_ESCALATIONS + 1):
+        if power > 0:
+            base = gramian + torch.diag(ridge * 10**power)
+        factorization = _factorize(base + torch.diag(ridge))
+        if not math.isnan(factorization[3]):
+            return base, factorization
+    raise ValueError(
+        "`gramian` should be positive semi-definite (a Gramian J Jᵀ). Found a matrix whose "
+        f"Cholesky factorisation fails even with a ridge of {_RIDGE * 10**_ESCALATIONS:.0e} "
+        "times its diagonal: it has a negative eigenvalue (or a non-finite entry). Compute it "
+        "as `J @ J.T`, or a sum of such products."
+    )
+
+
+def _solve_definite(
+    gramian: Tensor,
+    preferences: Tensor,
+    start: Tensor | None,
+    factorization: tuple[Tensor, Tensor, Tensor, float],
+    cg_max_iter: int | None = None,
+) -> Tensor:
+    """The native solver for a numerically positive definite ``G``, from its
+    :func:`_factorize`. ``cg_max_iter`` bounds pivoting's CG solves (see
+    :func:`._dual_cone_box.block_pivoting`)."""
+    root, scaled, factor, pivot = factorization
     lower = preferences * root  # the bound on w = √diag(G) ⊙ v
     start = None if start is None else start * root
     # ADMM's tolerance is relative to the scaled problem: an answer of ADMM that misses the final
@@ -183,7 +275,11 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
         # The primal's ADMM. Near rank m/2 (below _DUAL_RANK_FRACTION) only when it converges:
         # otherwise the dual (its ADMM, whose answer pivoting starts from).
         solution, _ = solve_box(
-            qp, start, penalty=_penalty(factor), pivot_all=ratio >= _DUAL_RANK_FRACTION
+            qp,
+            start,
+            penalty=_penalty(factor),
+            pivot_all=ratio >= _DUAL_RANK_FRACTION,
+            cg_max_iter=cg_max_iter,
         )
         if solution is not None:
             weights = torch.maximum(solution / root, preferences)
@@ -194,7 +290,11 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
         splitting_first = admm
         while True:
             solution, from_splitting = solve_box(
-                dual, x, splitting_first=splitting_first, penalty=_DUAL_PENALTY
+                dual,
+                x,
+                splitting_first=splitting_first,
+                penalty=_DUAL_PENALTY,
+                cg_max_iter=cg_max_iter,
             )
             weights = torch.maximum(solution @ dual.matrix / unit / root, preferences)
             if _residual(weights, preferences, gramian) <= KKT_TOLERANCE:
@@ -204,7 +304,7 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
             splitting_first = False
     # After ADMM's answer, or the dual's (badly conditioned G): the primal, by pivoting.
     qp = BoxQP(scaled, torch.zeros_like(lower), lower) if qp is None else qp
-    solution, _ = solve_box(qp, start, splitting_first=False)
+    solution, _ = solve_box(qp, start, splitting_first=False, cg_max_iter=cg_max_iter)
     weights = torch.maximum(solution / root, preferences)
     residual = _residual(weights, preferences, gramian)
     if not residual <= KKT_TOLERANCE:  # last resort: exact reduced solves in the failing rows
@@ -219,12 +319,16 @@ def _solve(gramian: Tensor, preferences: Tensor, start: Tensor | None) -> Tensor
             weights = torch.maximum(solution / root, preferences)
             residual = _residual(weights, preferences, gramian)
     if not residual <= KKT_TOLERANCE:  # NaN too
-        raise RuntimeError(
-            f"The native dual-cone solver reached a relative KKT residual of {residual:.1e} "
-            f"only (the target is {KKT_TOLERANCE:.0e}). Use solver='quadprog' for this "
-            "Gramian, and please report it with the Gramian attached."
-        )
+        raise RuntimeError(_inaccurate(residual))
     return weights
+
+
+def _inaccurate(residual: float) -> str:
+    return (
+        f"The native dual-cone solver reached a relative KKT residual of {residual:.1e} "
+        f"only (the target is {KKT_TOLERANCE:.0e}). Use solver='quadprog' for this "
+        "Gramian, and please report it with the Gramian attached."
+    )
 
 
 def _dual(

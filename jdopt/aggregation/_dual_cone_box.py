@@ -147,6 +147,7 @@ def block_pivoting(
     tolerance: float,
     max_iter: int,
     loose_steps: int = _LOOSE_STEPS,
+    cg_max_iter: int | None = None,
 ) -> tuple[Tensor, Tensor, bool]:
     """Finds the active set by block principal pivoting, from a guess.
 
@@ -163,6 +164,9 @@ def block_pivoting(
         tolerance: relative violation of ``x ≥ ℓ`` or ``g ≥ 0`` accepted at the solution.
         max_iter: the most pivoting steps.
         loose_steps: how many first steps may use loose CG solves (0 from a good guess).
+        cg_max_iter: the most iterations of a tight CG solve (default
+            :func:`._dual_cone_linear.most_cg_steps`); the rows that need more are solved by
+            batched Cholesky. Small for badly conditioned matrices, on which CG stalls.
 
     Returns:
         ``(x, x @ M, converged)``, with ``x ≥ ℓ``; ``x @ M`` is stale in the rows left
@@ -180,13 +184,16 @@ def block_pivoting(
     chances = torch.full((k,), _BACKUP_CHANCES, device=x.device)
     stuck = torch.zeros_like(exact)
     padded = pad_with_identity(matrix) if m <= _PADDED_MAX_SIZE else None
+    cg_max_iter = most_cg_steps(m) if cg_max_iter is None else cg_max_iter
     changed, tight = torch.ones_like(exact), False
     for step in range(max_iter):
         tight = tight or step >= loose_steps
         # Loose solves only for the rows whose active set changed; tight ones for every row
         # not solved exactly yet.
         rows = ((changed | ~exact) & ~stuck if tight else changed).nonzero().squeeze(1)
-        exact[rows] = _solve_reduced(qp, padded, x, product, ~active, rows, tight, slack)
+        exact[rows] = _solve_reduced(
+            qp, padded, x, product, ~active, rows, (tight, cg_max_iter), slack
+        )
         broken = (active & (product < floor)) | (~active & (x < shifted))
         broken &= ~stuck.unsqueeze(1)
         count = broken.sum(dim=1)
@@ -229,10 +236,14 @@ def _solve_reduced(
     product: Tensor,
     free: Tensor,
     rows: Tensor,
-    tight: bool,
+    cg: tuple[bool, int],
     slack: Tensor,
 ) -> Tensor:
     """Solves ``g_F = 0`` for ``x_F`` in the given ``rows``, in place.
+
+    By batched Cholesky when ``padded`` is given and every free set has at most
+    ``_DIRECT_MAX_SIZE`` coordinates; by CG otherwise, ``cg = (tight, most iterations)``, and by
+    batched Cholesky for the rows that tight CG leaves unsolved.
 
     Updates ``x`` and ``product = x @ M`` in those rows; returns which of them were solved
     exactly (``[len(rows)]``).
@@ -242,13 +253,16 @@ def _solve_reduced(
     every = rows.numel() == x.shape[0]
     sub_x, sub_free = (x, free) if every else (x[rows], free[rows])
     sub_linear = qp.linear if every else qp.linear[rows]
+    tight, cg_max_iter = cg
     if padded is not None and int(sub_free.sum(dim=1).max()) <= _DIRECT_MAX_SIZE:
         sub_x = solve_direct(padded, sub_free, sub_linear, sub_x)
         exact = torch.ones(rows.numel(), dtype=torch.bool, device=x.device)
     else:
         # CG's residual is measured in the 2-norm, the slack coordinate-wise.
         tolerance = 0.3 * (slack if every else slack[rows])
-        sub_x, exact = _solve_iterative(qp.matrix, sub_x, sub_linear, sub_free, tolerance, tight)
+        sub_x, exact = _solve_iterative(
+            qp.matrix, sub_x, sub_linear, sub_free, tolerance, cg_max_iter if tight else 0
+        )
         if tight and not bool(exact.all()):  # badly conditioned: solve those rows exactly
             stalled = (~exact).nonzero().squeeze(1)
             padded = pad_with_identity(qp.matrix) if padded is None else padded
@@ -267,12 +281,13 @@ def _solve_reduced(
 
 
 def _solve_iterative(
-    matrix: Tensor, x: Tensor, target: Tensor, free: Tensor, tolerance: Tensor, tight: bool
+    matrix: Tensor, x: Tensor, target: Tensor, free: Tensor, tolerance: Tensor, max_iter: int
 ) -> tuple[Tensor, Tensor]:
-    """CG: loose (a few iterations) or tight, by float32-refined CG for a float64 ``matrix``."""
-    if not tight:
+    """CG: loose (a few iterations, ``max_iter = 0``) or tight, in at most ``max_iter``
+    iterations, by float32-refined CG for a float64 ``matrix``."""
+    if max_iter == 0:
         x, _ = solve_cg(matrix, x, target, free, tolerance, _LOOSE_MAX_ITER, _LOOSE_REDUCTION)
         return x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if matrix.dtype == torch.float64:
-        return solve_refined(matrix, x, target, free, tolerance)
-    return solve_cg(matrix, x, target, free, tolerance, most_cg_steps(x.shape[1]))
+        return solve_refined(matrix, x, target, free, tolerance, max_iter)
+    return solve_cg(matrix, x, target, free, tolerance, max_iter)

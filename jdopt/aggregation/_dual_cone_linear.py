@@ -161,13 +161,14 @@ def solve_cg(
 
 
 def solve_refined(
-    matrix: Tensor, x: Tensor, target: Tensor, free: Tensor, tolerance: Tensor
+    matrix: Tensor, x: Tensor, target: Tensor, free: Tensor, tolerance: Tensor, max_iter: int
 ) -> tuple[Tensor, Tensor]:
     """:func:`solve_cg` on a float64 ``matrix`` to ``tolerance``, by float32 CG corrections.
 
     Each round computes the float64 residual, on which float32 CG gains ``_ROUGH_REDUCTION``
     (float32 cannot do much better). Rows that stall, or that float32 cannot solve at all, are
-    finished by float64 :func:`solve_cg`. Returns ``(x, converged)`` like :func:`solve_cg`.
+    finished by float64 :func:`solve_cg`. Every CG run gets at most ``max_iter`` iterations.
+    Returns ``(x, converged)`` like :func:`solve_cg`.
     """
     mask, rough = free.to(matrix.dtype), matrix.float()
     previous = None
@@ -187,7 +188,7 @@ def solve_refined(
             residual.to(rough.dtype),
             free,
             tolerance.to(rough.dtype),
-            most_cg_steps(x.shape[1]),
+            max_iter,
             _ROUGH_REDUCTION,
         )
         x = x + torch.where(solved.unsqueeze(1), correction.to(x.dtype), 0)
@@ -195,4 +196,4 @@ def solve_refined(
             break
     if bool(converged.all()):
         return x, converged.squeeze(1)
-    return solve_cg(matrix, x, target, free, tolerance, most_cg_steps(x.shape[1]))
+    return solve_cg(matrix, x, target, free, tolerance, max_iter)

@@ -60,12 +60,14 @@ def solve_box(
     splitting_first: bool = True,
     penalty: float = RHO,
     pivot_all: bool = True,
+    cg_max_iter: int | None = None,
 ) -> tuple[Tensor | None, bool]:
     """Solves ``qp`` from the start ``x`` (or a cold start).
 
     For ``_SPLITTING_MIN_SIZE ≤ m ≤ _SPLITTING_MAX_SIZE`` (unless not ``splitting_first``), ADMM
     first (with the penalty ``penalty``), pivoting for the rows it leaves; otherwise a guess,
-    pivoting, and the sure finish.
+    pivoting, and the sure finish. ``cg_max_iter`` bounds pivoting's CG solves (see
+    :func:`._dual_cone_box.block_pivoting`).
 
     Returns the solution and whether ADMM solved any of its rows (when it did not, solving
     again by pivoting alone would only repeat the work). When ADMM solves no row and not
@@ -91,7 +93,13 @@ def solve_box(
         sub = BoxQP(qp.matrix, qp.linear[rows], qp.lower[rows])
         active = x[rows] <= sub.lower + _ROUGH_TOLERANCE * sub.scale()
         x[rows], _, converged = block_pivoting(
-            sub, x[rows], active, tolerance=PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=0
+            sub,
+            x[rows],
+            active,
+            tolerance=PIVOTING_TOLERANCE,
+            max_iter=max_iter,
+            loose_steps=0,
+            cg_max_iter=cg_max_iter,
         )
         return (x if converged else _finish(qp, x)), some
     x = torch.clamp_min(qp.lower, 0) if x is None else x
@@ -101,7 +109,13 @@ def solve_box(
     else:
         x, active = _rough_guess(qp, x)
         x, _, converged = block_pivoting(
-            qp, x, active, tolerance=PIVOTING_TOLERANCE, max_iter=max_iter, loose_steps=0
+            qp,
+            x,
+            active,
+            tolerance=PIVOTING_TOLERANCE,
+            max_iter=max_iter,
+            loose_steps=0,
+            cg_max_iter=cg_max_iter,
         )
     return (x if converged else _finish(qp, x)), False
 
@@ -163,3 +177,33 @@ def polish(qp: BoxQP, x: Tensor) -> Tensor:
     slack = PIVOTING_TOLERANCE * qp.scale()
     feasible = (exact >= qp.lower - slack).all(dim=1, keepdim=True)
     return torch.where(feasible, torch.maximum(exact, qp.lower), x)
+
+
+def refine(qp: BoxQP, x: Tensor, ridge: Tensor, steps: int) -> Tensor:
+    """Proximal-point steps from ``x``, the solution of ``qp``, towards the solution of the same
+    problem without the ridge ``diag(ridge)`` that ``qp.matrix`` holds.
+
+    A step solves ``min ½ yᵀ(M − diag(ridge))y − bᵀy + ½ (y − x)ᵀ diag(ridge) (y − x)`` on the
+    free set of ``x`` (``x > ℓ``): the matrix of the reduced system is the well-conditioned
+    ``M``, and ``x`` moves towards the solution without the ridge, by a factor
+    ``ridge / (λ + ridge)`` of its distance along each eigenvalue ``λ`` of the reduced matrix,
+    and not at all along its null space. A row keeps its last step that stays a solution of its
+    step's problem (feasible, non-negative multipliers on the bounds); the others keep ``x``.
+
+    Args:
+        qp: the problem with the ridge.
+        x: ``[k, m]`` its solution.
+        ridge: ``[m]`` the ridge on the diagonal of ``qp.matrix``.
+        steps: how many steps.
+    """
+    padded = pad_with_identity(qp.matrix)
+    slack = PIVOTING_TOLERANCE * qp.scale()
+    for _ in range(steps):
+        free = x > qp.lower
+        linear = qp.linear + ridge * x
+        step = solve_direct(padded, free, linear, qp.lower)
+        feasible = step >= qp.lower - slack
+        step = torch.maximum(step, qp.lower)
+        exact = torch.where(free, feasible, step @ qp.matrix - linear >= -slack)
+        x = torch.where(exact.all(dim=1, keepdim=True), step, x)
+    return x

@@ -5,6 +5,7 @@ from torch import Tensor
 from ._bases import GramianWeightedAggregator
 from ._dual_cone import project_weights
 from ._projection import ProjectionWeighting
+from ._repr import vector_suffix
 
 
 class DualProjWeighting(ProjectionWeighting):
@@ -23,7 +24,8 @@ class DualProjWeighting(ProjectionWeighting):
         pref_vector: ``[m]`` preference weights ``p``. ``None`` (default) means ``1/m`` each.
         norm_eps: trace below which the Gramian counts as zero (default ``1e-4``); see
             :class:`UPGradWeighting`.
-        reg_eps: ridge added to the normalised Gramian (default ``1e-4``).
+        reg_eps: ridge added to the normalised Gramian (default ``1e-4``; ``0`` allowed, see
+            :class:`UPGradWeighting`).
         solver: ``"native"`` (default), ``"quadprog"`` or ``"osqp"``; see
             :class:`UPGradWeighting`.
     """
@@ -44,3 +46,6 @@ class DualProj(GramianWeightedAggregator):
         solver: str = "native",
     ) -> None:
         super().__init__(DualProjWeighting(pref_vector, norm_eps, reg_eps, solver))
+
+    def __str__(self) -> str:
+        return f"DualProj{vector_suffix(self.weighting.pref_vector)}"

@@ -8,6 +8,7 @@ from torch import Tensor
 from ._bases import Aggregator
 from ._checks import check_length, check_vector
 from ._generator import GeneratorMixin
+from ._repr import vector_suffix
 
 
 class GradDrop(GeneratorMixin, Aggregator):
@@ -30,10 +31,13 @@ class GradDrop(GeneratorMixin, Aggregator):
             probabilities of the same shape. ``None`` (default) means the identity, as in the
             paper.
         leak: ``[m]`` values in ``[0, 1]``, the unmasked fraction of each row. ``None``
-            (default) means zeros (pure GradDrop).
+            (default) means zeros (pure GradDrop). Empty ``leak`` fits a Jacobian with no
+            rows (as in TorchJD); any ``GradDrop`` maps such a Jacobian to a zero update.
         generator: the ``torch.Generator`` to draw ``U`` from; its state is saved in
             ``state_dict``. ``None`` (default) uses PyTorch's global generator.
     """
+
+    accepts_no_objectives = True
 
     def __init__(
         self,
@@ -75,10 +79,8 @@ class GradDrop(GeneratorMixin, Aggregator):
         check_length(self.leak, "leak", jacobian.shape[0])
         return self.leak.to(dtype=jacobian.dtype, device=jacobian.device)
 
-    def extra_repr(self) -> str:
-        f = "None" if self.f is None else getattr(self.f, "__name__", repr(self.f))
-        leak = "None" if self.leak is None else str(self.leak.tolist())
-        return f"f={f}, leak={leak}"
+    def __str__(self) -> str:
+        return f"GradDrop{vector_suffix(self.leak)}"
 
 
 def _purity(jacobian: Tensor) -> Tensor:
@@ -91,7 +93,7 @@ def _purity(jacobian: Tensor) -> Tensor:
 def _check_leak(leak: Tensor | None) -> Tensor | None:
     if leak is None:
         return None
-    leak = check_vector(leak, "leak")
+    leak = check_vector(leak, "leak", allow_empty=True)
     if leak.is_complex():
         raise TypeError(f"`leak` should be a real tensor. Found dtype {leak.dtype}.")
     if not leak.is_floating_point():

@@ -57,12 +57,12 @@ class KrumWeighting(Weighting):
                 "`n_selected`."
             )
 
-    def extra_repr(self) -> str:
-        return f"n_byzantine={self.n_byzantine}, n_selected={self.n_selected}"
-
 
 class Krum(GramianWeightedAggregator):
     """Aggregates the Jacobian with :class:`KrumWeighting` (same arguments)."""
 
     def __init__(self, n_byzantine: int, n_selected: int = 1) -> None:
         super().__init__(KrumWeighting(n_byzantine, n_selected))
+
+    def __str__(self) -> str:
+        return f"Krum{self.weighting.n_byzantine}-{self.weighting.n_selected}"

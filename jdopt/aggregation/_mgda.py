@@ -45,9 +45,6 @@ class MGDAWeighting(Weighting):
         corral = solve_simplex_qp(g, np.zeros(m), tol=self.epsilon, max_iters=self.max_iters)
         return torch.from_numpy(corral.dense(m)).to(dtype=gramian.dtype, device=gramian.device)
 
-    def extra_repr(self) -> str:
-        return f"epsilon={self.epsilon}, max_iters={self.max_iters}"
-
 
 class MGDA(GramianWeightedAggregator):
     """Aggregates the Jacobian with :class:`MGDAWeighting` (same arguments)."""

@@ -24,7 +24,3 @@ def pref_weights(pref_vector: Tensor | None, gramian: Tensor) -> Tensor:
         return gramian.new_full((m,), 1.0 / m)
     check_length(pref_vector, "pref_vector", m)
     return pref_vector.to(dtype=gramian.dtype, device=gramian.device)
-
-
-def pref_repr(pref_vector: Tensor | None) -> str:
-    return "None" if pref_vector is None else str(pref_vector.tolist())

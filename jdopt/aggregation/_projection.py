@@ -8,7 +8,7 @@ from .._linalg import normalize, regularize
 from ._bases import Weighting
 from ._checks import check_choice, check_nonnegative
 from ._dual_cone import SOLVERS
-from ._pref import check_pref_vector, pref_repr, pref_weights
+from ._pref import check_pref_vector, pref_weights
 
 
 class ProjectionWeighting(Weighting):
@@ -23,7 +23,7 @@ class ProjectionWeighting(Weighting):
     ) -> None:
         super().__init__()
         check_nonnegative(norm_eps, "norm_eps")
-        check_nonnegative(reg_eps, "reg_eps", strict=True)
+        check_nonnegative(reg_eps, "reg_eps")
         check_choice(solver, "solver", SOLVERS)
         self.register_buffer("pref_vector", check_pref_vector(pref_vector))
         self.norm_eps = norm_eps
@@ -34,9 +34,3 @@ class ProjectionWeighting(Weighting):
         """Returns the preference weights ``[m]`` and the normalised, regularised Gramian."""
         weights = pref_weights(self.pref_vector, gramian)
         return weights, regularize(normalize(gramian, self.norm_eps), self.reg_eps)
-
-    def extra_repr(self) -> str:
-        return (
-            f"pref_vector={pref_repr(self.pref_vector)}, norm_eps={self.norm_eps}, "
-            f"reg_eps={self.reg_eps}, solver={self.solver!r}"
-        )

@@ -42,5 +42,5 @@ class TrimmedMean(Aggregator):
         sorted_columns = jacobian.sort(dim=0).values
         return sorted_columns.narrow(0, self.trim_number, kept).mean(dim=0)
 
-    def extra_repr(self) -> str:
-        return f"trim_number={self.trim_number}"
+    def __str__(self) -> str:
+        return f"TM{self.trim_number}"

@@ -6,6 +6,7 @@ from torch import Tensor
 from ._bases import GramianWeightedAggregator
 from ._dual_cone import project_weights
 from ._projection import ProjectionWeighting
+from ._repr import vector_suffix
 
 
 class UPGradWeighting(ProjectionWeighting):
@@ -29,7 +30,10 @@ class UPGradWeighting(ProjectionWeighting):
             ``norm_eps`` (default ``1e-4``) counts as zero and gives back ``p``.
         reg_eps: ridge added to the normalised Gramian to make it positive definite (default
             ``1e-4``). Larger values make the solve easier and the update less exactly
-            non-conflicting.
+            non-conflicting. ``0`` solves the problem on the Gramian itself, singular or not
+            (rank-deficient Jacobians, zero or duplicated rows): the update is then exactly
+            non-conflicting (to the solver's tolerance), at a few times the cost of the default
+            (more on large, degenerate Gramians, as with any ridge below ``1e-5``).
         solver: ``"native"`` (default) — jdopt's batched torch solver, on the Gramian's device;
             ``"quadprog"`` or ``"osqp"`` — one QP per row through ``qpsolvers`` on the CPU, the
             slow reference.
@@ -51,3 +55,6 @@ class UPGrad(GramianWeightedAggregator):
         solver: str = "native",
     ) -> None:
         super().__init__(UPGradWeighting(pref_vector, norm_eps, reg_eps, solver))
+
+    def __str__(self) -> str:
+        return f"UPGrad{vector_suffix(self.weighting.pref_vector)}"

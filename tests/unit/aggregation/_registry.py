@@ -2,7 +2,8 @@
 
 Adding a method to jdopt.aggregation = adding a row here; ``test_registry_is_complete`` fails
 otherwise. Factories take the number of objectives ``m`` (some methods need it) and return
-``None`` when the method cannot handle ``m`` objectives.
+``None`` when the method cannot handle ``m`` objectives. ``short_name`` is ``str`` of the
+aggregator built for ``m = 4`` as TorchJD 0.8 prints it, where it is not the name.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Method:
     linear_under_scaling: bool = False
     permutation_invariant: bool = False
     deterministic: bool = True
+    short_name: str | None = None
 
 
 def _seeded() -> torch.Generator:
@@ -56,6 +58,7 @@ METHODS = [
         lambda m: agg.ConstantWeighting(torch.linspace(0.5, 2.0, m)),
         None,
         True,
+        short_name="Constant([0.5, 1., 1.5, 2.])",
     ),
     Method(
         "Random",
@@ -89,6 +92,7 @@ METHODS = [
         None,
         False,
         True,
+        short_name="CAGrad0.5",
     ),
     Method(
         "Krum",
@@ -97,6 +101,7 @@ METHODS = [
         None,
         False,
         True,
+        short_name="Krum1-2",
     ),
     Method("ConFIG", lambda m: agg.ConFIG(), None, "independent_rows", False, True),
     Method("GradDrop", lambda m: agg.GradDrop(generator=_seeded()), None, None, False, True, False),
@@ -108,5 +113,6 @@ METHODS = [
         None,
         False,
         True,
+        short_name="TM1",
     ),
 ]

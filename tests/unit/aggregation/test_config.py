@@ -107,8 +107,6 @@ def test_pref_vector_length_mismatch() -> None:
         ConFIG(pref_vector=torch.ones(2))(torch.ones(3, 4))
 
 
-def test_state_and_repr() -> None:
+def test_the_preference_vector_is_its_state() -> None:
     aggregator = ConFIG(pref_vector=torch.tensor([1.0, 2.0]))
-    assert repr(aggregator) == "ConFIG(pref_vector=[1.0, 2.0])"
-    assert repr(ConFIG()) == "ConFIG(pref_vector=None)"
     assert set(aggregator.state_dict()) == {"pref_vector"}

@@ -233,6 +233,52 @@ def test_no_problem_to_solve() -> None:
     assert (project_weights(-torch.ones(2, 3, dtype=F64), gramian) == 0).all()
 
 
+def with_zero_rows(m: int, g: torch.Generator) -> Tensor:
+    jacobian = rand(m, g)
+    jacobian[:: max(2, m // 4)] = 0.0
+    return jacobian
+
+
+SINGULAR = [low_rank, rank_one, duplicated, with_zero_rows]
+
+
+@pytest.mark.parametrize("family", SINGULAR)
+@pytest.mark.parametrize("m", [2, 5, 24, 40, 70])
+def test_singular_gramians_are_solved_without_a_ridge(family: Callable, m: int) -> None:
+    """``reg_eps=0``: G = J Jᵀ itself, singular. The KKT conditions hold on G, and ``Jᵀv``
+    (unique, unlike ``v``) is the reference solver's."""
+    jacobian = family(m, torch.Generator().manual_seed(m))
+    gramian, preferences = normalize(jacobian @ jacobian.T, 0.0), upgrad_preferences(m)
+    weights = project_weights(preferences, gramian)
+    reference = project_weights(preferences, gramian, solver="quadprog")
+    assert_kkt(weights, preferences, gramian, tol=1e-7)
+    assert_kkt(reference, preferences, gramian, tol=1e-7)
+    scale = float(torch.linalg.matrix_norm(jacobian)) * float(reference.abs().max())
+    assert float(((weights - reference) @ jacobian).abs().max()) <= 1e-9 * scale
+
+
+def test_duplicated_rows_share_their_weight_without_a_ridge() -> None:
+    """The weights of a singular G tend to those of a vanishing ridge: equal on equal rows."""
+    row = torch.tensor([[1.0, 2.0, -1.0]], dtype=F64)
+    jacobian = torch.cat([row, row, -2 * row, torch.tensor([[0.0, 1.0, 2.0]], dtype=F64)])
+    gramian, preferences = jacobian @ jacobian.T, torch.full((1, 4), 0.25, dtype=F64)
+    weights = project_weights(preferences, gramian)
+    assert_kkt(weights, preferences, gramian, tol=1e-9)
+    assert weights[0, 0] == pytest.approx(float(weights[0, 1]), rel=1e-9)
+
+
+@pytest.mark.parametrize("solver", ["native", "quadprog"])  # (any v ≥ u is optimal: OSQP's differ)
+def test_a_zero_gramian_gives_the_non_negative_part_of_the_preferences(solver: str) -> None:
+    preferences = torch.tensor([[0.5, -1.0, 0.0], [-2.0, 3.0, 1.0]], dtype=F64)
+    weights = project_weights(preferences, torch.zeros(3, 3, dtype=F64), solver=solver)
+    assert torch.allclose(weights, preferences.clamp_min(0), atol=1e-9)
+
+
+def test_the_reference_refuses_an_indefinite_gramian() -> None:
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        project_weights(torch.eye(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]]), solver="quadprog")
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_solvers_are_selectable(solver: str) -> None:
     gramian, preferences = make(conflicting, 6, 1), upgrad_preferences(6)
@@ -248,9 +294,9 @@ def test_solvers_are_selectable(solver: str) -> None:
         (torch.ones(2, 4), torch.eye(3), None, r"shape \[k, 3\].*Found shape \(2, 4\)"),
         (torch.ones(3), torch.eye(3), None, r"shape \[k, 3\].*Found shape \(3,\)"),
         (torch.eye(3), torch.eye(3), torch.ones(3, 2), r"shape of `preferences`, \(3, 3\)"),
-        (torch.eye(2), -torch.eye(2), None, "positive definite"),
-        (torch.eye(2), torch.ones(2, 2), None, "positive definite"),
-        (torch.eye(2), torch.tensor([[0.0, 0.0], [0.0, 1.0]]), None, "positive definite"),
+        (torch.eye(2), -torch.eye(2), None, "positive semi-definite"),
+        (torch.eye(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]]), None, "positive semi-definite"),
+        (torch.eye(2), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), None, "positive semi-definite"),
         (torch.tensor([[1.0, torch.nan]]), torch.eye(2), None, "`preferences` should contain"),
         (torch.tensor([[torch.inf, 0.0]]), torch.eye(2), None, "`preferences` should contain"),
         (torch.tensor([[1.0, -torch.inf]]), torch.eye(2), None, "`preferences` should contain"),
@@ -967,7 +1013,7 @@ def test_a_cholesky_factor_with_nan_and_no_error_code_is_refused(
         return factor, torch.zeros_like(info)
 
     monkeypatch.setattr(torch.linalg, "cholesky_ex", nan_factor)
-    with pytest.raises(ValueError, match="positive definite"):
+    with pytest.raises(ValueError, match="positive semi-definite"):
         project_weights(upgrad_preferences(8), gramian)
 
 

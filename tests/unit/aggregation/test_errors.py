@@ -13,7 +13,7 @@ M = torch.tensor([[1.0, 2.0], [3.0, -4.0]], dtype=torch.float64)
 
 CONSTRUCTION = [
     (lambda: agg.UPGrad(norm_eps=-1.0), ValueError, "norm_eps"),
-    (lambda: agg.UPGrad(reg_eps=0.0), ValueError, "reg_eps"),
+    (lambda: agg.UPGrad(reg_eps=-1e-4), ValueError, "reg_eps"),
     (lambda: agg.UPGrad(reg_eps="small"), TypeError, "reg_eps"),
     (lambda: agg.UPGrad(solver="cvxpy"), ValueError, "solver"),
     (lambda: agg.UPGrad(pref_vector=torch.ones(2, 2)), ValueError, "pref_vector"),
@@ -31,7 +31,8 @@ CONSTRUCTION = [
     (lambda: agg.Krum(n_byzantine=1, n_selected=0), ValueError, "n_selected"),
     (lambda: agg.Krum(n_byzantine=True), TypeError, "n_byzantine"),
     (lambda: agg.Constant(torch.ones(2, 2)), ValueError, "weights"),
-    (lambda: agg.Constant(torch.ones(0)), ValueError, "weights"),
+    (lambda: agg.Constant(torch.ones(0, 2)), ValueError, "weights"),
+    (lambda: agg.GradDrop(leak=torch.ones(0, 2)), ValueError, "leak"),
     (lambda: agg.AlignedMTL(scale_mode="max"), ValueError, "scale_mode"),
     (lambda: agg.Random(generator=0), TypeError, "generator"),
     (lambda: agg.PCGrad(generator="seed"), TypeError, "generator"),
@@ -50,6 +51,8 @@ CALLS = [
     (agg.Mean(), torch.ones(3), ValueError, "matrix"),
     (agg.Mean(), torch.ones(2, 3, 4), ValueError, "matrix"),
     (agg.Mean(), torch.ones(0, 3), ValueError, "at least one row"),
+    (agg.UPGrad(), torch.ones(0, 3), ValueError, "at least one row"),
+    (agg.Constant(torch.ones(2)), torch.ones(0, 3), ValueError, "weights"),
     (agg.UPGrad(), torch.tensor([[1.0, float("nan")]]), ValueError, "finite"),
     (agg.UPGrad(), torch.tensor([[1.0, float("inf")]]), ValueError, "finite"),
     (agg.Mean(), [[1.0, 2.0]], TypeError, "torch.Tensor"),
@@ -83,3 +86,21 @@ def test_invalid_gramians(gramian: torch.Tensor, match: str) -> None:
 def test_invalid_generalized_gramians(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"\[\*S, \*reversed\(S\)\]"):
         agg.Flattening(agg.MeanWeighting())(torch.ones(shape))
+
+
+@pytest.mark.parametrize(
+    "aggregator",
+    [agg.Constant(torch.ones(0)), agg.GradDrop(leak=torch.ones(0)), agg.GradDrop()],
+    ids=str,
+)
+def test_no_objectives_give_a_zero_update_where_torchjd_accepts_them(aggregator) -> None:
+    """TorchJD 0.8 accepts empty weights and leaks, and maps a Jacobian without rows to zeros."""
+    update = aggregator(torch.ones(0, 3, dtype=torch.float64))
+    assert update.dtype == torch.float64
+    assert torch.equal(update, torch.zeros(3, dtype=torch.float64))
+
+
+def test_empty_constant_weights_weight_no_objectives() -> None:
+    assert agg.ConstantWeighting(torch.ones(0))(torch.ones(0, 0)).shape == (0,)
+    with pytest.raises(ValueError, match="at least one row"):
+        agg.MeanWeighting()(torch.ones(0, 0))

@@ -154,8 +154,3 @@ def test_f_with_wrong_output_shape() -> None:
 def test_integer_leak_is_accepted() -> None:
     jacobian = torch.tensor([[1.0, -2.0], [3.0, 2.0]])
     assert_close(GradDrop(leak=torch.tensor([1, 1]))(jacobian), torch.tensor([4.0, 0.0]))
-
-
-def test_repr() -> None:
-    assert repr(GradDrop()) == "GradDrop(f=None, leak=None)"
-    assert repr(GradDrop(f=torch.sqrt, leak=torch.tensor([0.5]))) == "GradDrop(f=sqrt, leak=[0.5])"

@@ -66,7 +66,3 @@ def test_invalid_trim_number(trim_number: object, error: type[Exception]) -> Non
 def test_too_few_rows(m: int, trim_number: int) -> None:
     with pytest.raises(ValueError, match=rf"m={m}.*trim_number ≤ {(m - 1) // 2}"):
         TrimmedMean(trim_number)(torch.ones(m, 3))
-
-
-def test_repr() -> None:
-    assert repr(TrimmedMean(2)) == "TrimmedMean(trim_number=2)"
