@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .._linalg import compute_gramian, flatten_generalized
 from ._checks import check_finite, check_gramian, check_matrix
+from ._differentiable import guard
 from ._repr import ConstructorRepr
 
 
@@ -26,9 +27,15 @@ class Weighting(ConstructorRepr, ABC):
     Attributes:
         accepts_no_objectives: whether a Gramian with no objectives (``[0, 0]``) is valid
             input (giving weights ``[0]``). ``False`` unless a subclass sets it.
+        differentiable: whether autograd differentiates the weights with respect to the
+            Gramian exactly. Where it does not (the weights come from a solver outside
+            autograd), a backward pass through them raises
+            :class:`~._differentiable.NotDifferentiableError` instead of giving a wrong
+            gradient. ``True`` unless a subclass sets it.
     """
 
     accepts_no_objectives: ClassVar[bool] = False
+    differentiable: ClassVar[bool] = True
 
     @abstractmethod
     def forward(self, gramian: Tensor, /) -> Tensor:
@@ -36,7 +43,8 @@ class Weighting(ConstructorRepr, ABC):
 
     def __call__(self, gramian: Tensor, /) -> Tensor:
         check_gramian(gramian, min_rows=0 if self.accepts_no_objectives else 1)
-        return super().__call__(gramian)
+        weights = super().__call__(gramian)
+        return weights if self.differentiable else guard(weights, gramian, self, "gramian")
 
 
 class Aggregator(ConstructorRepr, ABC):
@@ -49,9 +57,13 @@ class Aggregator(ConstructorRepr, ABC):
     Attributes:
         accepts_no_objectives: whether a Jacobian with no rows (``[0, n]``) is valid input
             (giving a zero update). ``False`` unless a subclass sets it.
+        differentiable: whether autograd differentiates the update with respect to the
+            Jacobian exactly (see :class:`Weighting`; a weighted aggregator is as
+            differentiable as its weighting). ``True`` unless a subclass sets it.
     """
 
     accepts_no_objectives: bool = False
+    differentiable: bool = True
 
     @abstractmethod
     def forward(self, jacobian: Tensor, /) -> Tensor:
@@ -59,7 +71,8 @@ class Aggregator(ConstructorRepr, ABC):
 
     def __call__(self, jacobian: Tensor, /) -> Tensor:
         check_matrix(jacobian, "jacobian", min_rows=0 if self.accepts_no_objectives else 1)
-        return super().__call__(jacobian)
+        update = super().__call__(jacobian)
+        return update if self.differentiable else guard(update, jacobian, self, "jacobian")
 
     def __str__(self) -> str:
         return type(self).__name__
@@ -108,6 +121,11 @@ class GramianWeightedAggregator(WeightedAggregator):
     def accepts_no_objectives(self) -> bool:  # type: ignore[override]
         """Whether its weighting accepts no objectives."""
         return self.weighting.accepts_no_objectives
+
+    @property
+    def differentiable(self) -> bool:  # type: ignore[override]
+        """Whether its weighting is differentiable."""
+        return self.weighting.differentiable
 
     def compute_weights(self, jacobian: Tensor, /) -> Tensor:
         return self.weighting(compute_gramian(jacobian))

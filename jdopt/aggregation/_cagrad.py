@@ -44,6 +44,8 @@ class CAGradWeighting(Weighting):
             (in the trace-normalised Gramian) counts as zero and gives zero weights.
     """
 
+    differentiable = False  # the inner problem is solved outside autograd
+
     def __init__(self, c: float, norm_eps: float = 1e-4) -> None:
         super().__init__()
         check_nonnegative(c, "c")

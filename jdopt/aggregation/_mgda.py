@@ -21,6 +21,9 @@ class MGDAWeighting(Weighting):
     2012, and Sener & Koltun, *Multi-Task Learning as Multi-Objective Optimization*, NeurIPS 2018
     (https://arxiv.org/abs/1810.04650).
 
+    Differentiable: autograd differentiates the weights exactly with respect to ``G`` (through
+    the affine minimiser on the optimal support, which is locally constant almost everywhere).
+
     Properties: non-conflicting, weighted, deterministic, permutation-invariant; not linear
     under scaling.
 
@@ -43,7 +46,25 @@ class MGDAWeighting(Weighting):
         m = gramian.shape[0]
         g = gramian.detach().to("cpu", torch.float64).numpy()
         corral = solve_simplex_qp(g, np.zeros(m), tol=self.epsilon, max_iters=self.max_iters)
+        if gramian.requires_grad and torch.is_grad_enabled():
+            return _differentiable_weights(gramian, corral.support)
         return torch.from_numpy(corral.dense(m)).to(dtype=gramian.dtype, device=gramian.device)
+
+
+def _differentiable_weights(gramian: Tensor, support: np.ndarray) -> Tensor:
+    """The optimal weights as a function of ``G`` that autograd differentiates exactly.
+
+    On the optimal support ``S`` (affinely independent rows, locally constant in ``G`` almost
+    everywhere), the weights are the affine minimiser ``w_S = M⁻¹1 / 1ᵀM⁻¹1`` with
+    ``M = G_S + s·11ᵀ`` (positive definite for any ``s > 0``), and zero elsewhere.
+    """
+    index = torch.as_tensor(support, device=gramian.device)
+    g_s = gramian[index][:, index]
+    shift = g_s.detach().diagonal().abs().max().clamp(min=torch.finfo(g_s.dtype).tiny)
+    ones = torch.ones(len(index), 1, dtype=gramian.dtype, device=gramian.device)
+    beta = torch.linalg.solve(g_s + shift, ones).squeeze(1)
+    weights = gramian.new_zeros(gramian.shape[0])
+    return weights.index_put((index,), beta / beta.sum())
 
 
 class MGDA(GramianWeightedAggregator):

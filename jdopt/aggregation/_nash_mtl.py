@@ -48,6 +48,7 @@ class NashMTL(WeightedAggregator):
     """
 
     weighting: _NashMTLWeighting
+    differentiable = False  # Newton's method runs outside autograd
 
     def __init__(
         self,

@@ -43,7 +43,8 @@ class PCGradWeighting(GeneratorMixin, Weighting):
             inner = (weights * gramian[j]).sum(dim=1)
             conflict = (inner < 0) & (j != rows) & (diagonal[j] > 0)
             step = torch.where(conflict, inner / diagonal[j].where(conflict, 1.0), 0.0)
-            weights[rows, j] -= step
+            # Out of place: autograd differentiates the weights through every step.
+            weights = weights.index_put((rows, j), -step, accumulate=True)
         return weights.sum(dim=0)
 
 

@@ -12,7 +12,12 @@ from ._pref import check_pref_vector, pref_weights
 
 
 class ProjectionWeighting(Weighting):
-    """Base of the weightings that project onto the dual cone ``{x : J x ≥ 0}``."""
+    """Base of the weightings that project onto the dual cone ``{x : J x ≥ 0}``.
+
+    Not differentiable: the projections are solved outside autograd.
+    """
+
+    differentiable = False
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ class Method:
     permutation_invariant: bool = False
     deterministic: bool = True
     short_name: str | None = None
+    differentiable: bool = True  # autograd differentiates it exactly (else: backward raises)
 
 
 def _seeded() -> torch.Generator:
@@ -40,7 +41,15 @@ def _krum(m: int, cls: type) -> nn.Module | None:
 
 
 METHODS = [
-    Method("UPGrad", lambda m: agg.UPGrad(), lambda m: agg.UPGradWeighting(), "always", True, True),
+    Method(
+        "UPGrad",
+        lambda m: agg.UPGrad(),
+        lambda m: agg.UPGradWeighting(),
+        "always",
+        True,
+        True,
+        differentiable=False,
+    ),
     Method(
         "DualProj",
         lambda m: agg.DualProj(),
@@ -48,6 +57,7 @@ METHODS = [
         "always",
         False,
         True,
+        differentiable=False,
     ),
     Method("MGDA", lambda m: agg.MGDA(), lambda m: agg.MGDAWeighting(), "always", False, True),
     Method("Mean", lambda m: agg.Mean(), lambda m: agg.MeanWeighting(), None, True, True),
@@ -93,6 +103,7 @@ METHODS = [
         False,
         True,
         short_name="CAGrad0.5",
+        differentiable=False,
     ),
     Method(
         "Krum",
@@ -105,7 +116,15 @@ METHODS = [
     ),
     Method("ConFIG", lambda m: agg.ConFIG(), None, "independent_rows", False, True),
     Method("GradDrop", lambda m: agg.GradDrop(generator=_seeded()), None, None, False, True, False),
-    Method("NashMTL", lambda m: agg.NashMTL(n_tasks=m), None, "independent_rows", False, True),
+    Method(
+        "NashMTL",
+        lambda m: agg.NashMTL(n_tasks=m),
+        None,
+        "independent_rows",
+        False,
+        True,
+        differentiable=False,
+    ),
     Method(
         "TrimmedMean",
         lambda m: agg.TrimmedMean(trim_number=1) if m >= 3 else None,

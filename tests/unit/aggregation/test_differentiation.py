@@ -1,0 +1,79 @@
+"""Autograd through a method is exact, or refused: never a silently wrong gradient.
+
+The reference is a central finite difference of the update (or weights) in float64, on
+matrices in general position (where every method is differentiable).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from jdopt.aggregation._differentiable import NotDifferentiableError
+
+from ._registry import METHODS, Method
+
+M, N = 4, 5
+_STEP = 1e-6
+
+
+def _jacobian() -> Tensor:
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(M, N, generator=g, dtype=torch.float64)
+
+
+def _directions(point: Tensor, symmetric: bool) -> list[Tensor]:
+    """Seeded directions to differentiate along (symmetric ones for a Gramian, whose
+    derivative is only defined along symmetric perturbations)."""
+    g = torch.Generator().manual_seed(11)
+    directions = [torch.randn(point.shape, generator=g, dtype=torch.float64) for _ in range(3)]
+    return [(d + d.T) / 2 for d in directions] if symmetric else directions
+
+
+def _check(function, point: Tensor, size: int, symmetric: bool) -> None:
+    """Directional derivatives of ``⟨v, function⟩``: autograd against central differences."""
+    v = torch.linspace(-1.0, 2.0, size, dtype=torch.float64)
+    tracked = point.clone().requires_grad_()
+    output = function(tracked) @ v
+    # Weights that do not depend on the input (Mean, Constant, …) are constants: zero gradient.
+    grad = torch.autograd.grad(output, tracked)[0] if output.requires_grad else 0 * point
+    for direction in _directions(point, symmetric):
+        step = _STEP * direction
+        expected = (function(point + step) @ v - function(point - step) @ v) / (2 * _STEP)
+        assert abs(float((grad * direction).sum() - expected)) <= 1e-6 * (1 + abs(expected))
+
+
+def _forms(method: Method) -> list[tuple[str, object, Tensor, int]]:
+    """``(name, factory of the callable, point, output size)``: the aggregator on a Jacobian
+    and, for Gramian-based methods, the weighting on its Gramian."""
+    jacobian = _jacobian()
+    forms = [("aggregator", method.aggregator, jacobian, N)]
+    if method.weighting is not None:
+        forms.append(("weighting", method.weighting, jacobian @ jacobian.T, M))
+    return forms
+
+
+DIFFERENTIABLE = [m for m in METHODS if m.differentiable]
+REFUSED = [m for m in METHODS if not m.differentiable]
+
+
+@pytest.mark.parametrize("method", DIFFERENTIABLE, ids=lambda m: m.name)
+def test_autograd_through_a_differentiable_method_is_exact(method: Method) -> None:
+    for form, factory, point, size in _forms(method):
+
+        def function(x: Tensor, factory=factory) -> Tensor:
+            return factory(M)(x)  # a fresh object: random methods draw the same way
+
+        _check(function, point, size, symmetric=form == "weighting")
+
+
+@pytest.mark.parametrize("method", REFUSED, ids=lambda m: m.name)
+def test_backward_through_a_method_solved_outside_autograd_raises(method: Method) -> None:
+    for form, factory, point, _ in _forms(method):
+        detached = factory(M)(point)
+        tracked = point.clone().requires_grad_()
+        output = factory(M)(tracked)
+        assert torch.equal(output.detach(), detached), form  # the forward pass is unchanged
+        with pytest.raises(NotDifferentiableError, match=r"detach\(\)"):
+            output.sum().backward()
