@@ -608,15 +608,9 @@ class _EmbeddingPositionsInPlace(nn.Module):
         return self.head(torch.tanh(h).mean(dim=1))
 
 
-class _AttentionOutputInPlace(nn.Module):
+class _AttentionOutputInPlace(_AttentionSequenceFirst):
     """A residual added, and an activation applied, in place to the output of attention (whose
     rule differentiates the module's own graph from its output), sequence first."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(3, 4)
-        self.attention = nn.MultiheadAttention(4, num_heads=2)
-        self.head = nn.Linear(4, 2)
 
     def forward(self, x: Tensor) -> Tensor:  # x: [B, T, 3]
         h = self.embed(x).transpose(0, 1)  # [T, B, 4]
