@@ -120,11 +120,21 @@ def separable(losses: Tensor, features: Sequence[Tensor], shared: Sequence[Tenso
     nodes = {node for node, _ in targets}
     if len(targets) < len(features) or None in nodes or losses.grad_fn is None:
         return False
-    trunk = _below(nodes)
-    for node in trunk:  # a feature below another one's node: nested features
-        if any((child, nr) in targets for child, nr in node.next_functions if child is not None):
-            return False
-    return split_at_features([losses.grad_fn], features, shared, trunk) is not None
+    if nested(features):
+        return False
+    return split_at_features([losses.grad_fn], features, shared, _below(nodes)) is not None
+
+
+def nested(features: Sequence[Tensor]) -> bool:
+    """Whether a feature is computed from another one (deep supervision, multi-scale heads):
+    then a backward pass into the outer feature goes through the inner one's graph."""
+    targets = {(f.grad_fn, f.output_nr) for f in features if f.grad_fn is not None}
+    return any(
+        (child, nr) in targets
+        for node in _below({node for node, _ in targets})
+        for child, nr in node.next_functions
+        if child is not None
+    )
 
 
 def gradients_at_features(

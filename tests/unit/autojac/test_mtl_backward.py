@@ -265,3 +265,21 @@ def test_invalid_losses_get_the_losses_error_with_features() -> None:
     for bad in (None, 3.0):
         with pytest.raises(TypeError, match="`losses` should be a tensor"):
             mtl_backward(bad, features, Recorder())
+
+
+@pytest.mark.parametrize("retain_graph", [False, True])
+def test_features_computed_from_one_another(retain_graph: bool) -> None:
+    """Deep supervision: a head on an inner feature, another on an outer one computed from it.
+    The Jacobian is the row-by-row one, whether the graph is kept or not."""
+    torch.manual_seed(2)
+    inner_layer, outer_layer = nn.Linear(4, 5).double(), nn.Linear(5, 5).double()
+    heads = [nn.Linear(5, 1).double(), nn.Linear(5, 1).double()]
+    x = torch.randn(6, 4, dtype=torch.float64)
+    inner = torch.tanh(inner_layer(x))
+    outer = torch.tanh(outer_layer(inner))
+    tasks = [(heads[0](inner) ** 2).mean(), (heads[1](outer) ** 2).mean()]
+    shared = [*inner_layer.parameters(), *outer_layer.parameters()]
+    expected = jacobian_by_rows(torch.stack(tasks), shared)
+    recorder = Recorder()
+    mtl_backward(tasks, [inner, outer], recorder, shared_params=shared, retain_graph=retain_graph)
+    assert torch.allclose(recorder.jacobian, expected, atol=1e-12)
