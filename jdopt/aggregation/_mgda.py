@@ -46,9 +46,12 @@ class MGDAWeighting(Weighting):
         m = gramian.shape[0]
         g = gramian.detach().to("cpu", torch.float64).numpy()
         corral = solve_simplex_qp(g, np.zeros(m), tol=self.epsilon, max_iters=self.max_iters)
-        if gramian.requires_grad and torch.is_grad_enabled():
-            return _differentiable_weights(gramian, corral.support)
-        return torch.from_numpy(corral.dense(m)).to(dtype=gramian.dtype, device=gramian.device)
+        weights = torch.from_numpy(corral.dense(m)).to(dtype=gramian.dtype, device=gramian.device)
+        if gramian.requires_grad and torch.is_grad_enabled() and g.any():
+            # The solver's values, with the derivative of the closed form on its support.
+            closed = _differentiable_weights(gramian, corral.support)
+            weights = weights + (closed - closed.detach())
+        return weights
 
 
 def _differentiable_weights(gramian: Tensor, support: np.ndarray) -> Tensor:
@@ -59,12 +62,12 @@ def _differentiable_weights(gramian: Tensor, support: np.ndarray) -> Tensor:
     ``M = G_S + s·11ᵀ`` (positive definite for any ``s > 0``), and zero elsewhere.
     """
     index = torch.as_tensor(support, device=gramian.device)
-    g_s = gramian[index][:, index]
-    shift = g_s.detach().diagonal().abs().max().clamp(min=torch.finfo(g_s.dtype).tiny)
-    ones = torch.ones(len(index), 1, dtype=gramian.dtype, device=gramian.device)
+    g_s = gramian[index][:, index].double()  # float64: the system can be ill-conditioned
+    shift = g_s.detach().diagonal().abs().max()
+    ones = torch.ones(len(index), 1, dtype=torch.float64, device=gramian.device)
     beta = torch.linalg.solve(g_s + shift, ones).squeeze(1)
-    weights = gramian.new_zeros(gramian.shape[0])
-    return weights.index_put((index,), beta / beta.sum())
+    weights = torch.zeros(gramian.shape[0], dtype=torch.float64, device=gramian.device)
+    return weights.index_put((index,), beta / beta.sum()).to(gramian.dtype)
 
 
 class MGDA(GramianWeightedAggregator):

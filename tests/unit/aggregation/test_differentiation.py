@@ -77,3 +77,21 @@ def test_backward_through_a_method_solved_outside_autograd_raises(method: Method
         assert torch.equal(output.detach(), detached), form  # the forward pass is unchanged
         with pytest.raises(NotDifferentiableError, match=r"detach\(\)"):
             output.sum().backward()
+
+
+def _low_rank_float32(seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(20, 3, generator=g) @ torch.randn(3, 10, generator=g)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+def test_tracking_gradients_does_not_change_the_result(method: Method) -> None:
+    """On inputs where the derivative is delicate (float32, rank-deficient, zero), the result
+    with the input requiring grad is the result without."""
+    for point in (_low_rank_float32(164), _low_rank_float32(3), torch.zeros(20, 10)):
+        gramian = point @ point.T
+        for factory, x in ((method.aggregator, point), (method.weighting, gramian)):
+            if factory is None or factory(20) is None:
+                continue
+            expected = factory(20)(x)
+            assert torch.equal(factory(20)(x.clone().requires_grad_()).detach(), expected)
