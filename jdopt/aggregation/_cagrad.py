@@ -26,8 +26,9 @@ class CAGradWeighting(Weighting):
     that maximises the worst improvement among the objectives. The inner problem is solved
     exactly without cvxpy: a one-dimensional root search over exact simplex QPs, which lands on
     the optimum in closed form once their support is the optimal one. Where ``g_w* = 0`` (0 is
-    in the rows' convex hull and the ball reaches the dual cone), the best worst-case
-    improvement is 0 and the weights are zero.
+    in the rows' convex hull, so no update improves every objective), the weights are zero, as
+    in TorchJD: the zero update reaches the best worst-case improvement, 0, though for ``c < 1``
+    it lies outside the ball (where other updates reach 0 too).
 
     From Liu et al., *Conflict-Averse Gradient Descent for Multi-task Learning*, NeurIPS 2021
     (https://arxiv.org/abs/2110.14048). The paper's final rescaling by ``1/(1 + c²)`` is left
@@ -62,8 +63,10 @@ class CAGradWeighting(Weighting):
         weights = mean
         if radius > 0.0:
             w, norm = _solve_inner(g, linear, radius, self.norm_eps)
-            # ‖g_w*‖ ≈ 0: the best worst-case improvement is 0, reached by not moving.
-            weights = mean + (radius / norm) * w if norm >= self.norm_eps else np.zeros(m)
+            # ‖g_w*‖ ≈ 0: no update improves every objective; TorchJD's choice is not to move.
+            weights = (
+                mean + (radius / norm) * w if norm > 0 and norm >= self.norm_eps else np.zeros(m)
+            )
         return torch.from_numpy(weights).to(dtype=gramian.dtype, device=gramian.device)
 
 
@@ -80,9 +83,11 @@ def _solve_inner(
     is bracketed, and each step jumps to the root that the current support would give in closed
     form (see :func:`_root_on_support`), or bisects when that leaves the bracket: once the
     support is the optimal one, the jump lands on ``μ*`` exactly. No root below ``μ`` with
-    ``radius/μ ≤ norm_eps`` means ``‖g_w*‖ < norm_eps``.
+    ``radius/μ ≤ norm_eps`` means ``‖g_w*‖ < norm_eps``; nor with ``radius/μ`` below the
+    resolution of norms computed from ``g`` (``√ε`` of the longest row), whatever ``norm_eps``.
     """
     lo, hi, mu, corral = 0.0, math.inf, 1.0, None
+    resolution = math.sqrt(np.finfo(np.float64).eps * float(np.diagonal(g).max()))
     for _ in range(_MAX_ROUNDS):
         corral = solve_simplex_qp(
             mu * g, linear, tol=_TOLERANCE, max_iters=10 * len(g) + 10, start=corral
@@ -94,7 +99,7 @@ def _solve_inner(
             return w, norm
         if h < 0:
             lo = mu
-            if radius / mu <= norm_eps:  # ‖g_w*‖ < radius/μ
+            if radius / mu <= max(norm_eps, resolution):  # ‖g_w*‖ < radius/μ
                 return w, 0.0
         else:
             hi = mu

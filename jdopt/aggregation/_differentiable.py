@@ -24,21 +24,28 @@ def guard(output: Tensor, given: Tensor, method: nn.Module, name: str) -> Tensor
     if not (given.requires_grad and torch.is_grad_enabled()):
         return output
     # `given` is an input of the node: the weights of a solver are not even connected to it.
-    return _Refuse.apply(output, given, str(method), name)
+    return _Refuse.apply(output, given, method, name)
 
 
 class _Refuse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, output: Tensor, given: Tensor, method: str, name: str) -> Tensor:  # type: ignore[override]
+    def forward(ctx, output: Tensor, given: Tensor, method: nn.Module, name: str) -> Tensor:  # type: ignore[override]
         ctx.method, ctx.name = method, name
-        return output.view_as(output)
+        return output.clone()  # not a view: the caller may modify it in place
 
     @staticmethod
     def backward(ctx, *grads: Tensor) -> tuple[None, None, None, None]:  # type: ignore[override]
         raise NotDifferentiableError(
-            f"Cannot differentiate through {ctx.method}: its weights come from a solver that "
-            "autograd does not follow, so the gradient would treat them as constants and be "
+            f"Cannot differentiate through {_name(ctx.method)}: its weights come from a solver "
+            "that autograd does not follow, so the gradient would treat them as constants and be "
             f"wrong. Detach the input (`{ctx.name}.detach()`) to use the result as a constant, "
             "or use a method that autograd differentiates exactly (e.g. MGDA, IMTLG, "
             "AlignedMTL, ConFIG, PCGrad, Mean)."
         )
+
+
+def _name(method: nn.Module) -> str:
+    try:
+        return str(method)
+    except Exception:  # a user's method whose str fails must not hide this error
+        return type(method).__name__

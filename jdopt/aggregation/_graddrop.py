@@ -32,7 +32,8 @@ class GradDrop(GeneratorMixin, Aggregator):
             paper.
         leak: ``[m]`` values in ``[0, 1]``, the unmasked fraction of each row. ``None``
             (default) means zeros (pure GradDrop). Empty ``leak`` fits a Jacobian with no
-            rows (as in TorchJD); any ``GradDrop`` maps such a Jacobian to a zero update.
+            rows (as in TorchJD); ``GradDrop`` with the default or an empty ``leak`` maps such a
+            Jacobian to a zero update.
         generator: the ``torch.Generator`` to draw ``U`` from; its state is saved in
             ``state_dict``. ``None`` (default) uses PyTorch's global generator.
     """

@@ -1,8 +1,10 @@
 """How aggregators and weightings print: ``repr`` is the constructor call, ``str`` a short name.
 
 ``repr(UPGrad())`` is ``UPGrad(pref_vector=None, norm_eps=0.0001, reg_eps=0.0001,
-solver='native')``: a call of the class with every argument of its ``__init__``, which rebuilds
-an equal object (random generators and functions print as Python prints them). ``str`` of an
+solver='native')``: a call of the class with every argument of its ``__init__`` (tensors,
+random generators and functions print as Python prints them, so the call rebuilds the object up
+to the printed precision). A subclass that keeps an argument under another name prints as
+``nn.Module`` does, unless it overrides :meth:`ConstructorRepr.constructor_arguments`. ``str`` of an
 aggregator is the short name TorchJD prints (``UPGrad``, ``UPGrad([1., 2.])``, ``Krum1-2``); a
 weighting has no short name, its ``str`` is its ``repr``. Neither prints ``nn.Module``'s tree.
 """
@@ -35,7 +37,11 @@ class ConstructorRepr(nn.Module):
         return {name: _find(self, name) for name in names}
 
     def __repr__(self) -> str:
-        arguments = ", ".join(f"{k}={v!r}" for k, v in self.constructor_arguments().items())
+        try:
+            found = self.constructor_arguments()
+        except AttributeError:  # e.g. a user's subclass that renames its arguments
+            return super().__repr__()
+        arguments = ", ".join(f"{k}={v!r}" for k, v in found.items())
         return f"{type(self).__name__}({arguments})"
 
 

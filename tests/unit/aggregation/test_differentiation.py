@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
+import jdopt.aggregation as agg
 from jdopt.aggregation._differentiable import NotDifferentiableError
 
 from ._registry import METHODS, Method
@@ -95,3 +96,32 @@ def test_tracking_gradients_does_not_change_the_result(method: Method) -> None:
                 continue
             expected = factory(20)(x)
             assert torch.equal(factory(20)(x.clone().requires_grad_()).detach(), expected)
+
+
+class _UserSolver(agg.Weighting):
+    """A user's weighting computed outside autograd, which renames its argument."""
+
+    differentiable = False
+
+    def __init__(self, iterations: int = 10) -> None:
+        super().__init__()
+        self.n = iterations
+
+    def forward(self, gramian: Tensor, /) -> Tensor:
+        m = gramian.shape[0]
+        return torch.full((m,), 1.0 / m, dtype=gramian.dtype, device=gramian.device)
+
+
+def test_a_user_method_outside_autograd_is_refused_on_backward_only() -> None:
+    jacobian = _jacobian().requires_grad_()
+    update = agg.GramianWeightedAggregator(_UserSolver())(jacobian)
+    assert torch.allclose(update.detach(), jacobian.detach().mean(dim=0))
+    with pytest.raises(NotDifferentiableError, match="GramianWeightedAggregator"):
+        update.sum().backward()
+
+
+def test_a_refused_output_can_be_modified_in_place() -> None:
+    jacobian = _jacobian()
+    update = agg.UPGrad()(jacobian.clone().requires_grad_())
+    update.mul_(2)  # not a view of anything
+    assert torch.allclose(update.detach(), 2 * agg.UPGrad()(jacobian))

@@ -164,3 +164,23 @@ def test_prints_as_torchjd(
         assert repr(aggregator) == expected_repr
     if expected_str is not None:
         assert str(aggregator) == expected_str
+
+
+class _Renamed(agg.Weighting):
+    """A user's weighting that keeps its argument under another name."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.t = temperature
+
+    def forward(self, gramian: torch.Tensor, /) -> torch.Tensor:
+        return torch.softmax(-gramian.diagonal() / self.t, dim=0)
+
+
+def test_a_subclass_that_renames_its_arguments_prints_as_a_module() -> None:
+    weighting = _Renamed(2.0)
+    assert repr(weighting) == "_Renamed()"
+    assert str(agg.GramianWeightedAggregator(weighting)) == "GramianWeightedAggregator"
+    assert repr(agg.GramianWeightedAggregator(weighting)) == (
+        "GramianWeightedAggregator(weighting=_Renamed())"
+    )

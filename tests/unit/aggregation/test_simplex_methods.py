@@ -142,3 +142,12 @@ def test_cagrad_on_a_rank_deficient_float32_jacobian_converges() -> None:
     update = agg.CAGrad(c=0.5)(jacobian)  # no warning (warnings are errors here)
     g0 = jacobian.mean(dim=0)
     assert float((update - g0).norm()) <= 0.5 * float(g0.norm()) * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("c", [0.5, 1.0])
+def test_cagrad_without_norm_eps_is_zero_when_zero_is_in_the_hull(c: float) -> None:
+    """``norm_eps=0``: a zero ``g_w*`` still gives zero weights (no division by zero, no
+    endless search)."""
+    jacobian = torch.tensor([[0.0, 0, 0], [1.0, 0.2, 0], [0.5, 1, 0.1]], dtype=torch.float64)
+    update = agg.CAGrad(c=c, norm_eps=0.0)(jacobian)
+    assert torch.equal(update, torch.zeros(3, dtype=torch.float64))
