@@ -58,7 +58,7 @@ def check_untracked_uses(
         for name in rule.names:
             key = id(rule.param(name))
             if key not in fallback:
-                calls[key] = calls.get(key, 0) + len(uses[id(rule)])
+                calls[key] = calls.get(key, 0) + rule.graph_references(uses[id(rule)], name)
                 names[key] = f"{name!r} of {type(rule.module).__name__}"
     references = _references(roots, set(calls))
     for key, count in references.items():

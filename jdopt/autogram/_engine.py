@@ -58,7 +58,9 @@ class Engine:
     backward pass batched over the objectives (exact, slower). An output modified in place
     after the call (``ReLU(inplace=True)``, ``out += identity``) is differentiated as the
     module made it, at no cost; the few calls the closed forms cannot read any more (an input
-    modified in place, an attention output modified in place) go to that fallback.
+    modified in place) go to that fallback. A rule may record other tensors than its module's
+    outputs (``MultiheadAttention``'s: the projections inside it); the engine differentiates to
+    those.
 
     Args:
         modules: the modules whose parameters the Gramian is taken over (none may contain
@@ -100,11 +102,13 @@ class Engine:
             rule = make_rule(module, names)
             self._rules.append(rule)
             self._uses[id(rule)] = []
-            hook = make_hook(self._uses[id(rule)])
-            # First among the module's forward hooks: it must see the module's own output,
-            # before a user's hook replaces it.
-            handle = module.register_forward_hook(hook, with_kwargs=True, prepend=True)
-            self._handles.append(handle)
+            handles = rule.register_hooks(self._uses[id(rule)])
+            if handles is None:
+                hook = make_hook(self._uses[id(rule)])
+                # First among the module's forward hooks: it must see the module's own output,
+                # before a user's hook replaces it.
+                handles = [module.register_forward_hook(hook, with_kwargs=True, prepend=True)]
+            self._handles.extend(handles)
         self._owners: dict[int, list[tuple[Rule, str]]] = {}
         for rule in self._rules:
             for name in rule.names:
@@ -184,9 +188,10 @@ class Engine:
                 ``losses.backward(weights)`` can follow. ``False`` frees it during the backward
                 pass, like ``backward()`` does: less memory when the weighted gradient comes
                 from :meth:`accumulate_grads` (the graph is kept all the same when a hooked
-                ``MultiheadAttention``, whose rule differentiates its own graph, was called,
-                and until an engine's first finite Gramian has been checked against one
-                ordinary backward pass, which needs the graph).
+                ``MultiheadAttention`` with ``add_bias_kv`` or ``add_zero_attn``, whose rule
+                differentiates its own graph, was called, and until an engine's first finite
+                Gramian has been checked against one ordinary backward pass, which needs the
+                graph).
             output: TorchJD's name for ``losses`` (``compute_gramian(output=losses)`` works
                 unchanged); give one of the two.
 

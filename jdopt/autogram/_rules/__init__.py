@@ -11,12 +11,14 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from ._attention import make_attention_rule
 from ._base import Rule, Use
 from ._conv import ConvRule
 from ._embedding import make_embedding_rule
 from ._fallback import AttentionRule, FallbackRule
 from ._linear import LinearRule
 from ._norm import norm_rules
+from ._recurrent import make_recurrent_rule
 
 Factory = Callable[[nn.Module, Sequence[str]], Rule | None]
 
@@ -25,7 +27,10 @@ REGISTRY: dict[type[nn.Module], Factory] = {
     nn.Conv1d: ConvRule,
     nn.Conv2d: ConvRule,
     nn.Embedding: make_embedding_rule,
-    nn.MultiheadAttention: AttentionRule,
+    nn.MultiheadAttention: make_attention_rule,
+    nn.RNN: make_recurrent_rule,
+    nn.GRU: make_recurrent_rule,
+    nn.LSTM: make_recurrent_rule,
     **norm_rules(),
 }
 

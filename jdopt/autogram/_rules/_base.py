@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge
+from torch.utils.hooks import RemovableHandle
 
 from .._layout import Layout
 
@@ -72,6 +73,19 @@ class Rule(ABC):
     def exact_for(self, uses: Sequence[Use]) -> bool:
         """Whether this rule's formulas are exact for these calls (else: the fallback)."""
         return True
+
+    def register_hooks(self, uses: list[Use]) -> list[RemovableHandle] | None:
+        """The rule's own hooks, which append the module's calls to ``uses``: ``None`` (the
+        default) for the engine's forward hook, which records each call's inputs and outputs.
+        A rule that records other tensors (e.g. the projections inside a module) differentiates
+        to them: the engine reads the gradients of the recorded ``Use.outputs``."""
+        return None
+
+    def graph_references(self, uses: Sequence[Use], name: str) -> int:
+        """How many times the graph of these calls may reference parameter ``name``: once per
+        call, unless the module's kernel unrolls a loop in autograd (see
+        ``check_untracked_uses``)."""
+        return len(uses)
 
     def param(self, name: str) -> nn.Parameter:
         # Looked up once: reassigning a module's Parameter object needs a new engine.

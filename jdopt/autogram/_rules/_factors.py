@@ -36,12 +36,7 @@ def factor_gramian(x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = F
         return kd * (kx if s == 1 else kx.repeat(s, s))
     total = 0
     if weight:
-        if b == 1:  # no batch dimension: apply the input kernel to each slice's gradients
-            inner_cost = t * t * i + s * t * t * o + s * s * t * o
-        else:
-            inner_cost = (r * t) ** 2 * o + (b * t) ** 2 * i + (r * t) ** 2
-        materialise_cost = r * t * o * i + r * r * o * i
-        if materialise_cost < inner_cost:
+        if prefers_materialising(x, dy):
             grads = per_objective_factors(x, dy)
             total = product_with_transpose(grads)
         elif b == 1:
@@ -60,6 +55,19 @@ def factor_gramian(x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = F
     return total
 
 
+def prefers_materialising(x: Tensor, dy: Tensor) -> bool:
+    """Whether materialised per-objective weight gradients give the Gramian in fewer
+    operations than inner products of the factors (``T > 1``)."""
+    s, b, t, o = dy.shape
+    i = x.shape[-1]
+    r = s * b
+    if b == 1:  # no batch dimension: apply the input kernel to each slice's gradients
+        inner_cost = t * t * i + s * t * t * o + s * s * t * o
+    else:
+        inner_cost = (r * t) ** 2 * o + (b * t) ** 2 * i + (r * t) ** 2
+    return r * t * o * i + r * r * o * i < inner_cost
+
+
 def per_objective_factors(x: Tensor, dy: Tensor) -> Tensor:
     """The per-objective weight gradients ``[R, o·i]``."""
     s, b, t, o = dy.shape
@@ -67,6 +75,8 @@ def per_objective_factors(x: Tensor, dy: Tensor) -> Tensor:
         return (dy.reshape(s, t, o).transpose(1, 2).reshape(s * o, t) @ x.reshape(t, -1)).reshape(
             s, -1
         )
+    if s == 1:  # one batched product, without einsum's copies (about half the time on CPU)
+        return torch.bmm(dy[0].transpose(1, 2), x).reshape(b, -1)
     return torch.einsum("sbto,bti->sboi", dy, x).reshape(s * b, -1)
 
 

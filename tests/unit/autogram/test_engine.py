@@ -324,12 +324,9 @@ def test_a_gramian_without_retaining_the_graph(name: str) -> None:
     gramian = engine.compute_gramian(losses, retain_graph=False)
     assert torch.allclose(gramian, kept, rtol=1e-12, atol=1e-12)
     weights = UPGradWeighting()(gramian)
-    engine.accumulate_grads(weights)  # from the saved factors (attention: its own graph)
-    if name == "transformer_encoder":  # the attention rule needs the graph: it is kept
+    engine.accumulate_grads(weights)  # from the saved factors
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         losses.backward(weights)
-    else:
-        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
-            losses.backward(weights)
 
 
 @pytest.mark.parametrize(
