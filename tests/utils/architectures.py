@@ -15,6 +15,8 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from benchmarks import models as benchmark
+
 BATCH = 4
 VOCABULARY = 7
 _DTYPE = torch.float64
@@ -657,6 +659,37 @@ ARCHITECTURES: list[Architecture] = [
     Architecture("linear_3d_inplace", _Linear3dInPlace, _randn(3, 4)),
     Architecture("embedding_positions_inplace", _EmbeddingPositionsInPlace, _indices(5)),
     Architecture("attention_output_inplace", _AttentionOutputInPlace, _randn(3, 3)),
+    # benchmarks/models.py's models at their tiny sizes (same code as the benchmark).
+    Architecture(
+        "benchmark_resnet18_groupnorm_inplace",
+        lambda: benchmark.resnet18("tiny"),
+        _randn(3, benchmark.RESNET["tiny"].image, benchmark.RESNET["tiny"].image),
+    ),
+    Architecture(
+        "benchmark_multitask_resnet18_inplace",
+        lambda: benchmark.MultiTaskResNet18("tiny"),
+        _randn(3, benchmark.RESNET["tiny"].image, benchmark.RESNET["tiny"].image),
+    ),
+    Architecture(
+        "benchmark_transformer_encoder",
+        lambda: benchmark.TransformerClassifier("tiny"),
+        _indices(benchmark.TRANSFORMER["tiny"].length),
+    ),
+    Architecture(
+        "benchmark_gpt_decoder",
+        lambda: benchmark.CausalDecoder("tiny"),
+        _indices(benchmark.TRANSFORMER["tiny"].length),
+    ),
+    Architecture(
+        "benchmark_gru",
+        lambda: benchmark.RecurrentClassifier(nn.GRU, "tiny"),
+        _indices(benchmark.RECURRENT["tiny"].length),
+    ),
+    Architecture(
+        "benchmark_lstm",
+        lambda: benchmark.RecurrentClassifier(nn.LSTM, "tiny"),
+        _indices(benchmark.RECURRENT["tiny"].length),
+    ),
 ]
 
 
