@@ -48,3 +48,19 @@ def accumulated_grads(params: Sequence[Tensor]) -> list[Tensor]:
 
 def flat(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def assert_exact(engine, losses: Tensor, params: Sequence[Tensor]) -> frozenset:
+    """Asserts that the engine's Gramian of ``losses`` and its weighted gradient (seeded random
+    weights) match the row-by-row references; returns the ids of the parameters whose
+    gradients came from the exact fallback (so a test can require the closed forms)."""
+    weights = torch.rand(
+        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(9)
+    )
+    gramian = engine.compute_gramian(losses)
+    assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
+    fallback = engine._last.fallback
+    expected = reference_weighted_gradient(losses, weights, params)
+    engine.accumulate_grads(weights)
+    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
+    return fallback

@@ -23,10 +23,8 @@ from tests.utils.architectures import ARCHITECTURES, trainable_parameters
 
 from ._reference import (
     TOLERANCE,
-    accumulated_grads,
+    assert_exact,
     flat,
-    reference_gramian,
-    reference_weighted_gradient,
     relative_error,
 )
 from ._settings import PER_SAMPLE, per_sample
@@ -38,19 +36,6 @@ _IN_PLACE_ZOO = [arch for arch in ARCHITECTURES if arch.name.endswith("_inplace"
 
 def _randn(*shape: int, seed: int = 1) -> Tensor:
     return torch.randn(*shape, dtype=_F64, generator=torch.Generator().manual_seed(seed))
-
-
-def _assert_exact(engine: Engine, losses: Tensor, params: list[nn.Parameter]) -> frozenset:
-    """The Gramian and the weighted gradient match the row-by-row reference; returns the
-    parameters (ids) whose gradients came from the fallback."""
-    weights = torch.rand(losses.shape, dtype=_F64, generator=torch.Generator().manual_seed(9))
-    gramian = engine.compute_gramian(losses)
-    assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
-    fallback = engine._last.fallback
-    expected = reference_weighted_gradient(losses, weights, params)
-    engine.accumulate_grads(weights)
-    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
-    return fallback
 
 
 _OPS: dict[str, Callable[[Tensor], object]] = {
@@ -81,7 +66,7 @@ def test_an_output_modified_in_place_is_read_as_the_module_made_it(
     out = second(h).reshape(_B, -1)
     losses = per_sample(out) if batch_dim == 0 else per_sample(out).sum(dim=0)
 
-    fallback = _assert_exact(engine, losses, list(model.parameters()))
+    fallback = assert_exact(engine, losses, list(model.parameters()))
 
     assert not fallback
 
@@ -105,7 +90,7 @@ def test_attention_whose_output_is_modified_in_place_keeps_the_closed_form(
     losses = PER_SAMPLE.losses(out.reshape(_B, -1))
     losses = losses if batch_dim == 0 else losses[:3]
 
-    fallback = _assert_exact(engine, losses, list(attention.parameters()))
+    fallback = assert_exact(engine, losses, list(attention.parameters()))
 
     assert not fallback
 
@@ -132,7 +117,7 @@ def test_a_view_output_that_is_not_a_reshape_goes_to_the_fallback_once_modified(
         out = layer(_randn(_B, 3))
         if modified:
             out.relu_()
-        fallback = _assert_exact(engine, PER_SAMPLE.losses(out), list(layer.parameters()))
+        fallback = assert_exact(engine, PER_SAMPLE.losses(out), list(layer.parameters()))
     finally:
         del REGISTRY[_TransposedLinear]
     assert bool(fallback) is modified
@@ -165,7 +150,7 @@ def test_an_input_modified_in_place_that_the_module_did_not_save_is_exact() -> N
     x.mul_(2)
     losses = PER_SAMPLE.losses(out * out.detach())
 
-    fallback = _assert_exact(engine, losses, [linear.bias])
+    fallback = assert_exact(engine, losses, [linear.bias])
 
     assert fallback == {id(linear.bias)}
 

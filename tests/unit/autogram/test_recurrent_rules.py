@@ -3,7 +3,6 @@ reference, and the configurations it leaves to the exact fallback."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -16,12 +15,7 @@ from jdopt.autogram._rules import Use, make_rule
 from jdopt.autogram._rules._recurrent import recompute
 
 from ._reference import (
-    TOLERANCE,
-    accumulated_grads,
-    flat,
-    reference_gramian,
-    reference_weighted_gradient,
-    relative_error,
+    assert_exact,
 )
 from ._settings import PER_SAMPLE, SETTINGS, Setting
 
@@ -128,16 +122,6 @@ def _model(config: Config) -> _Sequence:
     return _Sequence(config).to(_F64)
 
 
-def _assert_exact(engine: Engine, losses: Tensor, params: Sequence[nn.Parameter]) -> None:
-    """The Gramian and the weighted gradient both match the row-by-row reference."""
-    weights = torch.rand(losses.shape, dtype=_F64, generator=torch.Generator().manual_seed(9))
-    gramian = engine.compute_gramian(losses)
-    assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
-    expected = reference_weighted_gradient(losses, weights, params)
-    engine.accumulate_grads(weights)
-    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
-
-
 def _recorded(module: nn.Module, *args: object) -> list[Use]:
     """The calls the engine's hook records for ``module(*args)``."""
     uses: list[Use] = []
@@ -163,7 +147,7 @@ def test_recurrent_rule_matches_reference(config: Config, setting: Setting) -> N
     model = _model(config)
     engine = Engine(model, batch_dim=setting.batch_dim)
     losses = setting.losses(model(_inputs()))
-    _assert_exact(engine, losses, list(model.parameters()))
+    assert_exact(engine, losses, list(model.parameters()))
 
 
 @pytest.mark.parametrize("config", _CONFIGS, ids=lambda c: c.name)
@@ -205,7 +189,7 @@ def test_output_modified_in_place_is_exact(kind: str) -> None:
     out, h = rnn(_inputs())
     out = out.relu_()
     losses = (out**2).sum(dim=(1, 2)) + h.sin().sum(dim=(0, 2))
-    _assert_exact(engine, losses, list(rnn.parameters()))
+    assert_exact(engine, losses, list(rnn.parameters()))
 
 
 @pytest.mark.parametrize("kind", ["tanh", "gru", "lstm"])
@@ -219,7 +203,7 @@ def test_embedding_classifier_matches_reference(kind: str, batch_dim: int | None
     losses = nn.functional.cross_entropy(out, torch.tensor([0, 1, 1]), reduction="none")
     if batch_dim is None:
         losses = torch.stack([losses.sum(), (out**2).sum()])
-    _assert_exact(engine, losses, list(model.parameters()))
+    assert_exact(engine, losses, list(model.parameters()))
 
 
 def test_repeated_calls_are_stacked() -> None:
@@ -230,7 +214,7 @@ def test_repeated_calls_are_stacked() -> None:
     out_a, h_a = rnn(_inputs(1))
     out_b, _ = rnn(_inputs(2)[:, :2], h_a)
     losses = (out_a**2).sum(dim=(1, 2)) + out_b.sin().sum(dim=(1, 2))
-    _assert_exact(engine, losses, list(rnn.parameters()))
+    assert_exact(engine, losses, list(rnn.parameters()))
 
 
 def test_frozen_recurrent_parameters_are_skipped() -> None:
@@ -240,7 +224,7 @@ def test_frozen_recurrent_parameters_are_skipped() -> None:
     model.rnn.bias_ih_l1.requires_grad_(False)
     engine = Engine(model, batch_dim=0)
     losses = PER_SAMPLE.losses(model(_inputs()))
-    _assert_exact(engine, losses, [p for p in model.parameters() if p.requires_grad])
+    assert_exact(engine, losses, [p for p in model.parameters() if p.requires_grad])
 
 
 # ------------------------------------------------------------------------ the fallback's share
@@ -254,7 +238,7 @@ def test_dropout_while_training_uses_the_fallback() -> None:
     rnn.train()
     engine = Engine(rnn, batch_dim=0)
     losses = (rnn(_inputs())[0] ** 2).sum(dim=(1, 2))
-    _assert_exact(engine, losses, list(rnn.parameters()))
+    assert_exact(engine, losses, list(rnn.parameters()))
 
 
 def test_unbatched_and_packed_inputs_use_the_fallback() -> None:
@@ -274,7 +258,7 @@ def test_packed_inputs_match_reference() -> None:
     packed = nn.utils.rnn.pack_padded_sequence(_inputs(), torch.tensor([4, 3, 1]), batch_first=True)
     _, h = rnn(packed)
     losses = torch.stack([(h**2).sum(), h.sin().sum()])
-    _assert_exact(engine, losses, list(rnn.parameters()))
+    assert_exact(engine, losses, list(rnn.parameters()))
 
 
 def test_lstm_projection_uses_the_fallback() -> None:
@@ -283,4 +267,4 @@ def test_lstm_projection_uses_the_fallback() -> None:
     assert not _is_closed_form(rnn, _inputs())
     engine = Engine(rnn, batch_dim=0)
     losses = (rnn(_inputs())[0] ** 2).sum(dim=(1, 2))
-    _assert_exact(engine, losses, list(rnn.parameters()))
+    assert_exact(engine, losses, list(rnn.parameters()))
