@@ -9,7 +9,7 @@ the features: hooks on the nodes that consume the features record it, per task.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import NamedTuple
 
 import torch
@@ -25,6 +25,7 @@ class Split(NamedTuple):
 
     edges: list[list[_Edge]]  # per task: the edges through which it reaches the features
     owners: dict[int, int]  # id of each leaf reached above the features ↦ the task reaching it
+    nested: bool  # a feature is computed from another one (see _nested)
 
 
 def task_roots(losses: Tensor, tasks: Sequence[Tensor] | None) -> list[Node | None] | None:
@@ -72,7 +73,7 @@ def split_at_features(
         return None  # a head's gradient would mix the tasks, through the features
     shared_ids = {id(p) for p in shared}
     owner: dict[Node, int] = {}
-    split = Split([[] for _ in roots], {})
+    split = Split([[] for _ in roots], {}, _nested(targets, trunk))
     for i, root in enumerate(roots):
         stack = [] if root is None else [root]
         while stack:
@@ -120,18 +121,19 @@ def separable(losses: Tensor, features: Sequence[Tensor], shared: Sequence[Tenso
     nodes = {node for node, _ in targets}
     if len(targets) < len(features) or None in nodes or losses.grad_fn is None:
         return False
-    if nested(features):
+    trunk = _below(nodes)
+    if _nested(targets, trunk):
         return False
-    return split_at_features([losses.grad_fn], features, shared, _below(nodes)) is not None
+    return split_at_features([losses.grad_fn], features, shared, trunk) is not None
 
 
-def nested(features: Sequence[Tensor]) -> bool:
-    """Whether a feature is computed from another one (deep supervision, multi-scale heads):
-    then a backward pass into the outer feature goes through the inner one's graph."""
-    targets = {(f.grad_fn, f.output_nr) for f in features if f.grad_fn is not None}
+def _nested(targets: Container[tuple[Node, int]], trunk: set[Node]) -> bool:
+    """Whether a feature (its edge among ``targets``) is computed from another one, i.e. is the
+    child of a node of the ``trunk`` (deep supervision, multi-scale heads): then a backward pass
+    into the outer feature goes through the inner one's graph."""
     return any(
         (child, nr) in targets
-        for node in _below({node for node, _ in targets})
+        for node in trunk
         for child, nr in node.next_functions
         if child is not None
     )

@@ -8,14 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._heads import (
-    Split,
-    gradients_at_features,
-    nested,
-    separable,
-    split_at_features,
-    task_roots,
-)
+from ._heads import Split, gradients_at_features, separable, split_at_features, task_roots
 from ._jacobian import identity_rows, jacobian_rows
 
 NO_FEATURES = (
@@ -45,7 +38,7 @@ def two_stage(
     owner's, kept when the owner lists it (``listed``: for each head, the tasks that list it).
     """
     # Nested features: the first pass goes through the trunk's graph, which the second needs.
-    keep = retain_graph or nested(features)
+    keep = retain_graph or split.nested
     captured, grads = gradients_at_features(losses, split.edges, features, heads, retain_graph=keep)
     reached, cotangents = _stacked(captured, features, strict=not zeros)
     shared_rows: list[Tensor | None] = [None] * len(shared)
