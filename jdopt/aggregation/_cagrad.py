@@ -123,10 +123,10 @@ def _root_on_support(
     ``G_S w₀ ∝ 1``, ``g_{w₀} ⟂ g_u`` and ``μ²‖g_{w(μ)}‖² = μ²A + C`` with ``A = ‖g_{w₀}‖²``,
     ``C = ‖g_u‖²``.
     """
-    w0 = affine_minimizer(g, np.zeros_like(linear), support)
-    shifted = affine_minimizer(g, linear, support)  # w₀ + u
-    if w0 is None or shifted is None:
+    both = affine_minimizer(g, np.stack([np.zeros_like(linear), linear], axis=1), support)
+    if both is None:
         return None
+    w0, shifted = both.T  # shifted = w₀ + u
     u = shifted - w0
     g_s = g[np.ix_(support, support)]
     a, c = float(w0 @ g_s @ w0), float(u @ g_s @ u)

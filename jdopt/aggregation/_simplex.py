@@ -87,12 +87,13 @@ def solve_simplex_qp(
 
 def affine_minimizer(q: np.ndarray, b: np.ndarray, support: np.ndarray) -> np.ndarray | None:
     """``argmin ½αᵀQ_Sα + b_Sᵀα  s.t.  Σα = 1`` on ``support``; ``None`` when the support is
-    (numerically) affinely dependent, which makes the bordered system singular."""
+    (numerically) affinely dependent, which makes the bordered system singular. ``b`` may be
+    ``[m, c]``: ``c`` linear terms at once, one solve, the minimisers as columns."""
     k = len(support)
     kkt = np.ones((k + 1, k + 1))
     kkt[:k, :k] = q[np.ix_(support, support)]
     kkt[k, k] = 0.0
-    rhs = np.append(-b[support], 1.0)
+    rhs = np.concatenate([-b[support], np.ones((1, *b.shape[1:]))])
     try:
         solution = np.linalg.solve(kkt, rhs)
     except np.linalg.LinAlgError:
