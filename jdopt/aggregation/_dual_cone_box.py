@@ -192,7 +192,7 @@ def block_pivoting(
         # not solved exactly yet.
         rows = ((changed | ~exact) & ~stuck if tight else changed).nonzero().squeeze(1)
         exact[rows] = _solve_reduced(
-            qp, padded, x, product, ~active, rows, (tight, cg_max_iter), slack
+            qp, padded, x, product, ~active, rows, cg_max_iter if tight else 0, slack
         )
         broken = (active & (product < floor)) | (~active & (x < shifted))
         broken &= ~stuck.unsqueeze(1)
@@ -236,14 +236,15 @@ def _solve_reduced(
     product: Tensor,
     free: Tensor,
     rows: Tensor,
-    cg: tuple[bool, int],
+    cg_steps: int,
     slack: Tensor,
 ) -> Tensor:
     """Solves ``g_F = 0`` for ``x_F`` in the given ``rows``, in place.
 
     By batched Cholesky when ``padded`` is given and every free set has at most
-    ``_DIRECT_MAX_SIZE`` coordinates; by CG otherwise, ``cg = (tight, most iterations)``, and by
-    batched Cholesky for the rows that tight CG leaves unsolved.
+    ``_DIRECT_MAX_SIZE`` coordinates; by CG otherwise, tight in at most ``cg_steps`` iterations
+    or loose (``cg_steps = 0``), and by batched Cholesky for the rows that tight CG leaves
+    unsolved.
 
     Updates ``x`` and ``product = x @ M`` in those rows; returns which of them were solved
     exactly (``[len(rows)]``).
@@ -253,16 +254,14 @@ def _solve_reduced(
     every = rows.numel() == x.shape[0]
     sub_x, sub_free = (x, free) if every else (x[rows], free[rows])
     sub_linear = qp.linear if every else qp.linear[rows]
-    tight, cg_max_iter = cg
+    tight = cg_steps > 0
     if padded is not None and int(sub_free.sum(dim=1).max()) <= _DIRECT_MAX_SIZE:
         sub_x = solve_direct(padded, sub_free, sub_linear, sub_x)
         exact = torch.ones(rows.numel(), dtype=torch.bool, device=x.device)
     else:
         # CG's residual is measured in the 2-norm, the slack coordinate-wise.
         tolerance = 0.3 * (slack if every else slack[rows])
-        sub_x, exact = _solve_iterative(
-            qp.matrix, sub_x, sub_linear, sub_free, tolerance, cg_max_iter if tight else 0
-        )
+        sub_x, exact = _solve_iterative(qp.matrix, sub_x, sub_linear, sub_free, tolerance, cg_steps)
         if tight and not bool(exact.all()):  # badly conditioned: solve those rows exactly
             stalled = (~exact).nonzero().squeeze(1)
             padded = pad_with_identity(qp.matrix) if padded is None else padded
