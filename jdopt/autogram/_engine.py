@@ -18,6 +18,7 @@ from ._distributed import batch_sizes, combine_rows, gathered_uses, reduce_grads
 from ._hooks import make_hook, parameter_owners, readable
 from ._layout import Layout
 from ._rules import Rule, Use, make_rule
+from ._rules._methods import Chooser, check_method
 
 
 @dataclass
@@ -75,6 +76,16 @@ class Engine:
             of the concatenated per-sample losses (or of the mean of the losses without a
             batch dimension), and ``accumulate_grads`` takes the global weights and sums the
             processes' gradients.
+        method: how a layer with several exact ways of computing its part of the Gramian
+            picks one. ``"auto"`` (default) measures them the first time it meets a shape and
+            keeps the fastest for that shape, dtype, device and thread count (like
+            ``torch.backends.cudnn.benchmark``: the first step is slower). A name forces that
+            way wherever a layer offers it: ``"inner"`` (inner products of the layer's inputs
+            and output gradients: Linear, convolution, attention and recurrent weights),
+            ``"per_sample"`` (per-sample gradients, materialised: a Linear's batched product,
+            a convolution's unfolded patches), ``"grouped"`` (a convolution's per-sample
+            gradients as one grouped weight gradient) or ``"looped"`` (a convolution's, one
+            weight gradient per sample). Every way is exact; they differ in speed and memory.
 
     Example:
         >>> from torch import nn
@@ -87,9 +98,15 @@ class Engine:
     """
 
     def __init__(
-        self, *modules: nn.Module, batch_dim: int | None, distributed: bool = False
+        self,
+        *modules: nn.Module,
+        batch_dim: int | None,
+        distributed: bool = False,
+        method: str = "auto",
     ) -> None:
         check_modules(modules, batch_dim)
+        check_method(method)
+        chooser = Chooser(method)
         self.batch_dim = batch_dim
         self.distributed = distributed
         self.modules = list(modules)
@@ -100,6 +117,7 @@ class Engine:
         self._plans: dict[tuple, tuple[Layout, Tensor, Tensor]] = {}
         for module, names in parameter_owners(modules):
             rule = make_rule(module, names)
+            rule.choose = chooser
             self._rules.append(rule)
             self._uses[id(rule)] = []
             handles = rule.register_hooks(self._uses[id(rule)])

@@ -116,7 +116,7 @@ class ProjectionRule(Rule):
             if _disjoint(blocks[name]):  # disjoint rows: the blocks' Gramians add up
                 weight = self.param(name).ndim == 2
                 parts = [
-                    factor_gramian(x, dy, weight=weight, bias=not weight)
+                    factor_gramian(x, dy, weight=weight, bias=not weight, choose=self.choose)
                     for x, dy in blocks[name].values()
                 ]
             else:  # one module called on overlapping blocks (e.g. as self- and cross-attention)

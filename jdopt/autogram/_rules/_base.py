@@ -15,6 +15,7 @@ from torch.autograd.graph import GradientEdge
 from torch.utils.hooks import RemovableHandle
 
 from .._layout import Layout
+from ._methods import MEASURED, Chooser
 
 
 @dataclass
@@ -64,6 +65,9 @@ class Rule(ABC):
     # True: the rule reads its calls' outputs or differentiates its module's recorded graph from
     # them, so a call whose output was modified in place afterwards goes to the fallback.
     needs_graph = False
+    # How the rule picks among its exact ways of computing a quantity (see ``_methods``); the
+    # engine sets its own.
+    choose: Chooser = MEASURED
 
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
         self.module = module

@@ -1,26 +1,37 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
+from ..._linalg import product_with_transpose
 from .._layout import Layout
 from ._base import Rule, Use
-from ._factors import factor_gramian
+from ._factors import inner_gramian, inner_workspace, per_objective_factors
+
+Grads = Callable[[Use, Layout], Tensor]  # one call's per-objective weight gradients [R, numel]
 
 
 class ConvRule(Rule):
     """``nn.Conv1d`` / ``nn.Conv2d`` (Conv1d is a Conv2d on a height-1 image).
 
-    Per-sample weight gradients come from one grouped-convolution weight gradient, the
-    samples (and slices) acting as groups — or, for layers with few input channels (where
-    grouped kernels are slow), from the Linear formula on unfolded patches. The weighted
-    gradient is one ordinary convolution weight gradient. Stride, padding (including
-    ``'same'`` and padding modes), dilation and groups are those of the forward pass.
+    The weight's part of the Gramian has four exact ways (see ``_methods``), measured per
+    shape because their speeds depend on the device's kernels more than on their operation
+    counts: per-objective gradients from one grouped-convolution weight gradient (the rows and
+    slices acting as groups, ``"grouped"``), from one weight gradient per row (``"looped"``),
+    or from unfolded patches and a batched product (``"per_sample"``); or inner products of the
+    unfolded patches and the output gradients (``"inner"``, offered when its kernels are no
+    bigger than the gradients it avoids: layers with few positions). Materialised gradients
+    are kept for the weighted gradient when they are no bigger than the output gradients;
+    otherwise the weighted gradient is one ordinary convolution weight gradient. Stride,
+    padding (including ``'same'`` and padding modes), dilation and groups are those of the
+    forward pass.
     """
+
+    _KEPT = "conv_grads"
 
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
         super().__init__(module, names)
@@ -29,7 +40,7 @@ class ConvRule(Rule):
         self.kernel, self.dilation, self.stride = (
             _two(v, 1) for v in (m.kernel_size, m.dilation, m.stride)
         )
-        self.unfold = m.in_channels // m.groups < 8
+        self._settings = (self.kernel, self.dilation, self.stride, m.padding, m.groups)
 
     def exact_for(self, uses: Sequence[Use]) -> bool:
         # Unbatched inputs ([C, *spatial], legal in PyTorch) have no batch dimension to use.
@@ -59,20 +70,100 @@ class ConvRule(Rule):
         use.cache["conv"] = (x, _two(padding, 0), dy)
         return use.cache["conv"]
 
+    # ------------------------------------------------------------------ the quantities
+    def gramian(self, uses: Sequence[Use], names: Sequence[str], layout: Layout) -> Tensor:
+        total = None
+        if "weight" in names:
+            total, grads = self._weight_gramian(uses, layout)
+            dy_size = sum(self._prepared(use, layout)[2].numel() for use in uses)
+            if grads is not None and grads.numel() <= dy_size:
+                uses[0].cache[self._KEPT] = grads
+        if "bias" in names:
+            sums = self._bias_grads(uses, layout)
+            part = sums @ sums.T
+            total = part if total is None else total + part
+        return total
+
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
-        parts = [
-            self._bias_grads(use, layout) if name == "bias" else self._weight_grads(use, layout)
-            for use in uses
-        ]
-        return parts[0] if len(parts) == 1 else torch.stack(parts).sum(dim=0)
+        if name == "bias":
+            return self._bias_grads(uses, layout)
+        if self._KEPT in uses[0].cache:
+            return uses[0].cache[self._KEPT]
+        methods = {
+            method: (lambda grads=grads: self._summed(uses, layout, grads))
+            for method, grads in self._materialising().items()
+        }
+        return self.choose(("conv grads", *self._key(uses, layout)), self._device, methods)
 
-    def _bias_grads(self, use: Use, layout: Layout) -> Tensor:
-        dy = self._prepared(use, layout)[2]
-        s, b, _n, o = dy.shape[:4]
-        return dy.sum(dim=(2, 4, 5)).reshape(s * b, o)
+    def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
+        m = self.module
+        grads: dict[str, Tensor] = {}
+        kept = uses[0].cache.get(self._KEPT)
+        if kept is not None and "weight" in self.names:
+            grads["weight"] = (weights.to(kept.dtype) @ kept).reshape(m.weight.shape)
+        for use in uses:
+            x, padding, dy = self._prepared(use, layout)
+            combined = torch.einsum(
+                "sb,sbn...->bn...", weights.reshape(dy.shape[:2]).to(dy.dtype), dy
+            )
+            combined = combined.reshape(-1, *combined.shape[2:])
+            found = {}
+            if "weight" in self.names and kept is None:
+                shape = (m.out_channels, m.in_channels // m.groups, *self.kernel)
+                found["weight"] = conv2d_weight(
+                    x, shape, combined, self.stride, padding, self.dilation, m.groups
+                ).reshape(m.weight.shape)
+            if "bias" in self.names:
+                found["bias"] = combined.sum(dim=(0, 2, 3))
+            for name, grad in found.items():
+                grads[name] = grads[name] + grad if name in grads else grad
+        return grads
 
-    def _weight_grads(self, use: Use, layout: Layout) -> Tensor:
-        """``[R, numel]``: one grouped weight gradient, a group per (row, group, slice)."""
+    # ------------------------------------------------------------------ the weight's ways
+    def _weight_gramian(self, uses: Sequence[Use], layout: Layout) -> tuple[Tensor, Tensor | None]:
+        """The weight's Gramian, with the per-objective gradients when they were materialised."""
+        methods: dict[str, Callable[[], tuple[Tensor, Tensor | None]]] = {}
+        for name, grads in self._materialising().items():
+
+            def materialised(grads: Grads = grads) -> tuple[Tensor, Tensor]:
+                summed = self._summed(uses, layout, grads)
+                return product_with_transpose(summed), summed
+
+            methods[name] = materialised
+        dys = [self._prepared(use, layout)[2] for use in uses]
+        s, b, n, o = dys[0].shape[:4]
+        positions = n * sum(dy.shape[4:].numel() for dy in dys)
+        g = self.module.groups
+        workspace = g * inner_workspace(s, b, positions, o // g)
+        if workspace <= s * b * self.module.weight.numel():
+
+            def inner() -> tuple[Tensor, None]:
+                parts = [inner_gramian(x, dy) for x, dy in self._patches(uses, layout)]
+                return (parts[0] if len(parts) == 1 else torch.stack(parts).sum(dim=0)), None
+
+            methods["inner"] = inner
+        return self.choose(("conv", *self._key(uses, layout)), self._device, methods)
+
+    @property
+    def _device(self) -> torch.device:
+        return self.module.weight.device
+
+    def _key(self, uses: Sequence[Use], layout: Layout) -> tuple:
+        shapes = [tuple(t.shape) for use in uses for t in self._prepared(use, layout)[::2]]
+        return (*self._settings, *shapes, self.module.weight.dtype)
+
+    def _materialising(self) -> dict[str, Grads]:
+        return {"grouped": self._grouped, "looped": self._looped, "per_sample": self._unfolded}
+
+    def _summed(self, uses: Sequence[Use], layout: Layout, grads: Grads) -> Tensor:
+        """Per-objective weight gradients ``[R, numel]``, summed over the calls."""
+        total = grads(uses[0], layout)
+        for use in uses[1:]:
+            total = total + grads(use, layout)
+        return total
+
+    def _grouped(self, use: Use, layout: Layout) -> Tensor:
+        """One grouped weight gradient, a group per (row, group, slice)."""
         x, padding, dy = self._prepared(use, layout)
         s, b, n, o = dy.shape[:4]
         g = self.module.groups
@@ -84,45 +175,54 @@ class ConvRule(Rule):
         grads = grads.reshape(b, g, s, o // g, -1).permute(2, 0, 1, 3, 4)
         return grads.reshape(s * b, -1)
 
-    def _patches(self, use: Use, layout: Layout) -> tuple[list[Tensor], list[Tensor]]:
-        """Per group: patches ``[B, N·T, c·k]`` and output gradients ``[S, B, N·T, o/g]``."""
+    def _looped(self, use: Use, layout: Layout) -> Tensor:
+        """One weight gradient per row, the slices acting as extra output channels."""
         x, padding, dy = self._prepared(use, layout)
         s, b, n, o = dy.shape[:4]
-        patches = F.unfold(x, self.kernel, self.dilation, padding, self.stride)
-        patches = patches.transpose(1, 2).reshape(b, -1, patches.shape[1])
-        dy = dy.reshape(s, b, n, o, -1).transpose(3, 4).reshape(s, b, -1, o)
-        return list(patches.chunk(self.module.groups, dim=2)), list(
-            dy.chunk(self.module.groups, dim=3)
-        )
+        g = self.module.groups
+        grads = dy.new_empty(s, b, self.module.weight.numel())
+        shape = (g * s * (o // g), x.shape[1] // g, *self.kernel)
+        for row in range(b):
+            # Output channels ordered (group, slice, channel): each group keeps its inputs.
+            d = dy[:, row].reshape(s, n, g, o // g, *dy.shape[4:]).permute(1, 2, 0, 3, 4, 5)
+            d = d.reshape(n, -1, *dy.shape[4:])
+            part = conv2d_weight(
+                x[row * n : (row + 1) * n], shape, d, self.stride, padding, self.dilation, g
+            )
+            grads[:, row] = part.reshape(g, s, o // g, -1).transpose(0, 1).reshape(s, -1)
+        return grads.reshape(s * b, -1)
 
-    def gramian(self, uses: Sequence[Use], names: Sequence[str], layout: Layout) -> Tensor:
-        if not self.unfold or "weight" not in names or len(uses) > 1:
-            # Per-objective gradients (several calls must be summed before squaring).
-            return super().gramian(uses, names, layout)
-        xs, dys = self._patches(uses[0], layout)
-        bias = "bias" in names
-        parts = [factor_gramian(x, dy, bias=bias) for x, dy in zip(xs, dys, strict=True)]
-        return parts[0] if len(parts) == 1 else torch.stack(parts).sum(dim=0)
+    def _unfolded(self, use: Use, layout: Layout) -> Tensor:
+        """The Linear formula on unfolded patches, group by group."""
+        parts = [per_objective_factors(x, dy) for x, dy in self._patches([use], layout)]
+        if len(parts) == 1:
+            return parts[0]
+        r = parts[0].shape[0]
+        return torch.cat([p.reshape(r, -1) for p in parts], dim=1)
 
-    def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
-        m = self.module
-        grads: dict[str, Tensor] = {}
+    def _patches(self, uses: Sequence[Use], layout: Layout) -> list[tuple[Tensor, Tensor]]:
+        """Per group: patches ``[B, N·T, c·k]`` and output gradients ``[S, B, N·T, o/g]``, the
+        calls stacked along the positions."""
+        xs, dys = [], []
         for use in uses:
             x, padding, dy = self._prepared(use, layout)
-            combined = torch.einsum(
-                "sb,sbn...->bn...", weights.reshape(dy.shape[:2]).to(dy.dtype), dy
-            )
-            combined = combined.reshape(-1, *combined.shape[2:])
-            shape = (m.out_channels, m.in_channels // m.groups, *self.kernel)
-            found = {
-                "weight": conv2d_weight(
-                    x, shape, combined, self.stride, padding, self.dilation, m.groups
-                ).reshape(m.weight.shape),
-                "bias": combined.sum(dim=(0, 2, 3)),
-            }
-            for name in self.names:
-                grads[name] = grads[name] + found[name] if name in grads else found[name]
-        return grads
+            s, b, n, o = dy.shape[:4]
+            patches = F.unfold(x, self.kernel, self.dilation, padding, self.stride)
+            xs.append(patches.transpose(1, 2).reshape(b, -1, patches.shape[1]))
+            dys.append(dy.reshape(s, b, n, o, -1).transpose(3, 4).reshape(s, b, -1, o))
+        x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
+        dy = dys[0] if len(dys) == 1 else torch.cat(dys, dim=2)
+        g = self.module.groups
+        return list(zip(x.chunk(g, dim=2), dy.chunk(g, dim=3), strict=True))
+
+    def _bias_grads(self, uses: Sequence[Use], layout: Layout) -> Tensor:
+        total = None
+        for use in uses:
+            dy = self._prepared(use, layout)[2]
+            s, b, _n, o = dy.shape[:4]
+            part = dy.sum(dim=(2, 4, 5)).reshape(s * b, o)
+            total = part if total is None else total + part
+        return total
 
 
 def _two(value: tuple[int, ...] | int, fill: int) -> tuple[int, int]:

@@ -7,65 +7,87 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from ..._linalg import product_with_transpose
+from ._methods import MEASURED, Chooser
 
 
-def factor_gramian(x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = False) -> Tensor:
+def factor_gramian(
+    x: Tensor, dy: Tensor, *, weight: bool = True, bias: bool = False, choose: Chooser = MEASURED
+) -> Tensor:
     """The Gramian ``[R, R]`` of the weight's (and/or the bias') per-objective gradients.
 
-    Picks the cheapest exact form: for one position, ``(x xᵀ + 1) ⊙ (dy dyᵀ)``; otherwise
-    inner products of the factors (``O(R²T²o + B²T²i)``; without a batch dimension, ``B = 1``,
-    the input kernel applied to each slice's gradients first: ``O(T²i + ST²o + S²To)``) or
-    materialised per-objective gradients (``O(RTio + R²io)``), whichever costs fewer
-    operations.
-    """
+    For one position, ``(x xᵀ + 1) ⊙ (dy dyᵀ)``; otherwise see :func:`weight_gramian`."""
     s, b, t, o = dy.shape
-    i = x.shape[-1]
     r = s * b
     if t == 1:
         d = dy.reshape(r, o)
         kd = d @ d.T
         if not weight:
             return kd
-        kx = x.reshape(b, i) @ x.reshape(b, i).T
+        kx = x.reshape(b, x.shape[-1]) @ x.reshape(b, x.shape[-1]).T
         if bias:
             kx = kx + 1
         return kd * (kx if s == 1 else kx.repeat(s, s))
-    total = 0
-    if weight:
-        if prefers_materialising(x, dy):
-            grads = per_objective_factors(x, dy)
-            total = product_with_transpose(grads)
-        elif b == 1:
-            kx = x.reshape(t, i) @ x.reshape(t, i).T
-            d = dy.reshape(s, t, o)
-            applied = torch.matmul(kx, d)  # [s, t, o]: Σ_v kx[t, v] d[s, v]
-            total = product_with_transpose(d.reshape(s, t * o), applied.reshape(s, t * o))
-        else:
-            kx = (x.reshape(b * t, i) @ x.reshape(b * t, i).T).reshape(b, t, b, t)
-            d = dy.reshape(r * t, o)
-            kd = (d @ d.T).reshape(s, b, t, s, b, t)
-            total = torch.einsum("sbtucv,btcv->sbuc", kd, kx).reshape(r, r)
+    total = weight_gramian(x, dy, choose)[0] if weight else 0
     if bias:
         sums = position_sums(dy)
         total = total + sums @ sums.T
     return total
 
 
-def prefers_materialising(x: Tensor, dy: Tensor) -> bool:
-    """Whether materialised per-objective weight gradients give the Gramian in fewer
-    operations than inner products of the factors (``T > 1``)."""
+def weight_gramian(
+    x: Tensor, dy: Tensor, choose: Chooser = MEASURED
+) -> tuple[Tensor, Tensor | None]:
+    """The Gramian ``[R, R]`` of the weight's per-objective gradients, with those gradients
+    ``[R, o·i]`` when the way chosen materialised them (else ``None``).
+
+    Two exact ways (see ``_methods``): ``"inner"``, inner products of the factors (without a
+    batch dimension, ``B = 1``, the input kernel applied to each slice's gradients first) —
+    offered when its kernels take no more memory than the gradients they avoid —, and
+    ``"per_sample"``, the materialised gradients and their products.
+    """
+    methods: dict[str, Callable[[], tuple[Tensor, Tensor | None]]] = {
+        "per_sample": lambda: _materialised_gramian(x, dy)
+    }
+    if inner_workspace(*dy.shape) <= dy.shape[:2].numel() * dy.shape[-1] * x.shape[-1]:
+        methods["inner"] = lambda: (inner_gramian(x, dy), None)
+    key = ("factors", tuple(x.shape), tuple(dy.shape), x.dtype)
+    return choose(key, x.device, methods)
+
+
+def _materialised_gramian(x: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
+    grads = per_objective_factors(x, dy)
+    return product_with_transpose(grads), grads
+
+
+def inner_gramian(x: Tensor, dy: Tensor) -> Tensor:
+    """The weight's Gramian ``[R, R]`` from inner products of the factors: ``O(R²T²o + B²T²i)``,
+    or ``O(T²i + ST²o + S²To)`` without a batch dimension."""
     s, b, t, o = dy.shape
     i = x.shape[-1]
     r = s * b
-    if b == 1:  # no batch dimension: apply the input kernel to each slice's gradients
-        inner_cost = t * t * i + s * t * t * o + s * s * t * o
-    else:
-        inner_cost = (r * t) ** 2 * o + (b * t) ** 2 * i + (r * t) ** 2
-    return r * t * o * i + r * r * o * i < inner_cost
+    if b == 1:
+        kx = x.reshape(t, i) @ x.reshape(t, i).T
+        d = dy.reshape(s, t, o)
+        applied = torch.matmul(kx, d)  # [s, t, o]: Σ_v kx[t, v] d[s, v]
+        return product_with_transpose(d.reshape(s, t * o), applied.reshape(s, t * o))
+    kx = (x.reshape(b * t, i) @ x.reshape(b * t, i).T).reshape(b, t, b, t)
+    d = dy.reshape(r * t, o)
+    kd = (d @ d.T).reshape(s, b, t, s, b, t)
+    return torch.einsum("sbtucv,btcv->sbuc", kd, kx).reshape(r, r)
+
+
+def inner_workspace(s: int, b: int, t: int, o: int) -> int:
+    """The size of the kernels :func:`inner_gramian` builds for output gradients
+    ``[S, B, T, o]``."""
+    if b == 1:
+        return t * t + s * t * o
+    return (s * b * t) ** 2 + (b * t) ** 2
 
 
 def per_objective_factors(x: Tensor, dy: Tensor) -> Tensor:

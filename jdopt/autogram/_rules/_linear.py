@@ -35,7 +35,9 @@ class LinearRule(Rule):
 
     def gramian(self, uses: Sequence[Use], names: Sequence[str], layout: Layout) -> Tensor:
         x, dy = self.factors(uses, layout)
-        return factor_gramian(x, dy, weight="weight" in names, bias="bias" in names)
+        return factor_gramian(
+            x, dy, weight="weight" in names, bias="bias" in names, choose=self.choose
+        )
 
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
         x, dy = self.factors(uses, layout)

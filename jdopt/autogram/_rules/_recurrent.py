@@ -26,14 +26,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..._linalg import product_with_transpose
 from .._layout import Layout
 from ._base import Rule, Use
 from ._factors import (
     factor_gramian,
     per_objective_factors,
     position_sums,
-    prefers_materialising,
+    weight_gramian,
     weighted_dy,
     weighted_factors,
 )
@@ -71,13 +70,15 @@ class RecurrentRule(Rule):
             weight, bias = f"weight_{key}" in names, f"bias_{key}" in names
             if not (weight or bias):
                 continue
-            if weight and dy.shape[2] > 1 and prefers_materialising(x, dy):
-                part = product_with_transpose(self._weight_grads(uses, key, layout))
+            if weight and dy.shape[2] > 1:
+                part, grads = weight_gramian(x, dy, self.choose)
+                if grads is not None:  # kept for `weighted`: far cheaper than (w ⊙ dY)ᵀ X
+                    uses[0].cache.setdefault("recurrent_grads", {})[f"weight_{key}"] = grads
                 if bias:
                     sums = position_sums(dy)
                     part = part + sums @ sums.T
             else:
-                part = factor_gramian(x, dy, weight=weight, bias=bias)
+                part = factor_gramian(x, dy, weight=weight, bias=bias, choose=self.choose)
             total = part if total is None else total + part
         return total
 

@@ -1,5 +1,6 @@
-"""Both ways of computing convolution Gramians (unfolded patches for few input channels,
-grouped weight gradients otherwise) against the reference, on every loss setting."""
+"""Every way of computing convolution Gramians (``Engine(method=...)``: measured, inner
+products of unfolded patches, or per-sample gradients from unfolded patches, a grouped weight
+gradient or one weight gradient per row) against the reference, on every loss setting."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import torch
 from torch import nn
 
 from jdopt.autogram import Engine
-from jdopt.autogram._rules._conv import ConvRule
 
 from ._reference import TOLERANCE, reference_gramian, reference_weighted_gradient, relative_error
 from ._settings import SETTINGS, Setting
@@ -30,19 +30,17 @@ class _Convs(nn.Module):
         return out.flatten(1)
 
 
-@pytest.mark.parametrize("channels", [2, 8], ids=["unfold", "grouped"])
+@pytest.mark.parametrize("method", ["auto", "inner", "per_sample", "grouped", "looped"])
 @pytest.mark.parametrize("two_d", [True, False], ids=["2d", "1d"])
 @pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
 def test_conv_gramian_and_weighted_gradient(
-    channels: int, two_d: bool, twice: bool, setting: Setting
+    method: str, two_d: bool, twice: bool, setting: Setting
 ) -> None:
     torch.manual_seed(0)
-    model = _Convs(channels, two_d, twice).double()
+    model = _Convs(3, two_d, twice).double()
     x = torch.randn(3, 2, *((7, 7) if two_d else (9,)), dtype=torch.float64)
-    engine = Engine(model, batch_dim=setting.batch_dim)
-    rules = [r for r in engine._rules if isinstance(r, ConvRule)]
-    assert [r.unfold for r in rules] == [True, channels < 4]
+    engine = Engine(model, batch_dim=setting.batch_dim, method=method)
     losses = setting.losses(model(x))
     params = list(model.parameters())
     gramian = engine.compute_gramian(losses)
