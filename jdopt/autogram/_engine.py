@@ -12,6 +12,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._linalg import flatten_generalized
 from .._losses import as_losses
+from .._rows import jacobian_rows
 from ..distributed._collectives import rank, world_size
 from ._checks import check_against_backward, check_modules, check_untracked_uses
 from ._distributed import batch_sizes, combine_rows, gathered_uses, reduce_grads
@@ -446,14 +447,23 @@ class Engine:
                 )
             return live
         batched = layout.slices > 1
-        grads = torch.autograd.grad(
-            roots.tensors,
-            targets,
-            [c if batched else c[0] for c in roots.cotangents],
-            retain_graph=retain_graph,
-            allow_unused=True,
-            is_grads_batched=batched,
-        )
+        if batched:  # one pass per slice where an operation cannot run batched
+            grads = jacobian_rows(
+                roots.tensors,
+                targets,
+                roots.cotangents,
+                retain_graph=retain_graph,
+                chunk_size=None,
+                keep_for_fallback=False,
+            )
+        else:
+            grads = torch.autograd.grad(
+                roots.tensors,
+                targets,
+                [c[0] for c in roots.cotangents],
+                retain_graph=retain_graph,
+                allow_unused=True,
+            )
         position = 0
         for rule, use in needed:
             own = grads[position : position + len(use.outputs)]
@@ -477,14 +487,15 @@ class Engine:
             return {}
         params = list(fallback.values())
         r = len(order)
-        cotangents = roots.per_objective(order)
-        grads = torch.autograd.grad(
+        # Batched over the objectives; one pass per objective where an operation cannot run
+        # batched (when the failed batched pass left the graph, or it was retained).
+        grads = jacobian_rows(
             roots.tensors,
             params,
-            [c if r > 1 else c[0] for c in cotangents],
+            roots.per_objective(order),
             retain_graph=retain,
-            allow_unused=True,
-            is_grads_batched=r > 1,
+            chunk_size=None,
+            keep_for_fallback=False,
         )
         # A parameter the roots do not reach gets no gradient, as with backward() (the
         # processes of a distributed engine keep zeros: they gather every entry together).

@@ -5,10 +5,10 @@ from collections.abc import Callable, Iterable, Sequence
 from torch import Tensor
 
 from .._losses import as_losses, check_chunk_size, check_inputs
+from .._rows import identity_rows, jacobian_rows
 from ._accumulate import accumulate, flatten_rows, kept_grads
 from ._checks import tensor_entries
 from ._graph import reached_leaves
-from ._jacobian import identity_rows, jacobian_rows
 
 
 def backward(
@@ -95,7 +95,7 @@ def compute_jacobian(
 
     The Jacobian is one block ``[m, input.numel()]`` per input, in the inputs' order:
     :func:`~._accumulate.flatten_rows` makes it the ``[m, n]`` matrix. ``keep_for_fallback``:
-    see :func:`~._jacobian.jacobian_rows`.
+    see :func:`jdopt._rows.jacobian_rows`.
     """
     rows = jacobian_rows(
         [losses],

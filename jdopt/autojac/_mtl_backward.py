@@ -5,11 +5,11 @@ from collections.abc import Callable, Iterable, Sequence
 from torch import Tensor
 
 from .._losses import as_losses, check_chunk_size, check_inputs
+from .._rows import identity_rows, jacobian_rows
 from ._accumulate import accumulate, add_grad, flatten_rows, kept_grads
 from ._checks import check_distinct, check_features, check_no_overlap, task_losses
 from ._graph import reached_leaves
 from ._heads import split_at_features, task_roots
-from ._jacobian import identity_rows, jacobian_rows
 from ._stages import NO_FEATURES, shared_blocks, summed_rows, two_stage, with_grads
 from ._tasks import task_params
 
@@ -106,7 +106,7 @@ def compute_mtl_jacobian(
     parameter gets the gradient of the sum of the losses, or, given ``listed`` (for each head,
     the tasks that list it), of the listed tasks' losses. Shared parameters and heads that the
     losses do not reach are left out, or get zeros with ``zeros`` (which also accepts losses
-    that reach no feature). ``keep_for_fallback``: see :func:`~._jacobian.jacobian_rows`.
+    that reach no feature). ``keep_for_fallback``: see :func:`jdopt._rows.jacobian_rows`.
 
     When each task reaches ``features`` through graph nodes of its own (separate heads) and the
     shared parameters reach the losses only through ``features``, the heads run once, in one

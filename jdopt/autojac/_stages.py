@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._rows import identity_rows, jacobian_rows
 from ._heads import Split, gradients_at_features, separable, split_at_features, task_roots
-from ._jacobian import identity_rows, jacobian_rows
 
 NO_FEATURES = (
     "The losses do not depend on `features`. Pass the shared trunk's output that the task "

@@ -421,3 +421,39 @@ def test_a_first_gramian_that_overflows_does_not_use_up_the_check() -> None:
         engine.compute_gramian(losses)
     with pytest.raises(RuntimeError, match="before accumulate_grads"):  # nothing to apply
         engine.accumulate_grads(torch.ones(_B, dtype=_F64))
+
+
+class _ReadsItsGradient(torch.autograd.Function):
+    """Doubles the gradient, after reading one of its values: a backward without a batching
+    rule (``.item()`` cannot run batched)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad * (2.0 if grad.sum().item() == grad.sum().item() else 0.0)
+
+
+class _Unbatchable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(_randn(3, 3, seed=5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _ReadsItsGradient.apply(x @ self.weight)
+
+
+@pytest.mark.parametrize(
+    ("batch_dim", "make_losses"),
+    [(0, lambda out: out.sum(dim=1)), (0, lambda out: out), (None, lambda out: out.sum(dim=0))],
+    ids=["B", "B_k", "m"],
+)
+def test_an_operation_without_batching_rule_loops_per_row(batch_dim, make_losses) -> None:
+    """Where a backward cannot run batched over the objectives (or slices), the engine does one
+    pass per row, exactly, for the fallback's gradients and for the output gradients."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), _Unbatchable(), nn.Linear(3, 2)).double()
+    engine = Engine(model, batch_dim=batch_dim)
+    _assert_exact(engine, make_losses(model(_randn(_B, 2))), list(model.parameters()))

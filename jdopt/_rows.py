@@ -1,7 +1,9 @@
-"""Rows of a Jacobian by reverse mode: batched with ``is_grads_batched``, in chunks."""
+"""Rows of a Jacobian by reverse mode: batched with ``is_grads_batched``, in chunks; one
+backward pass per row where an operation cannot run batched. Shared by both engines."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -75,14 +77,18 @@ def _rows(
     if not batched or len(block[0]) == 1:
         return _loop(outputs, inputs, block, retain), batched
     try:
-        grads = torch.autograd.grad(
-            outputs,
-            inputs,
-            block,
-            retain_graph=keep,
-            allow_unused=True,
-            is_grads_batched=True,
-        )
+        with warnings.catch_warnings():
+            # An operation without a batching rule runs in a loop inside the batched pass: as
+            # exact, and no slower than a loop of whole passes, so PyTorch's warning is noise.
+            warnings.filterwarnings("ignore", message=".*performance drop.*batching rule")
+            grads = torch.autograd.grad(
+                outputs,
+                inputs,
+                block,
+                retain_graph=keep,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
         return [None if g is None else _dense(g) for g in grads], True
     except RuntimeError as error:
         if "vmap" not in str(error) and "batch" not in str(error).lower():
