@@ -11,9 +11,14 @@ Jacobian descent costs little more than an ordinary training step::
     weights = UPGradWeighting()(gramian)         # [B]
     losses.backward(weights)                     # or engine.accumulate_grads(weights)
     optimizer.step()
+
+A layer type without a closed form gets exact per-sample gradients from a batched backward
+pass (slower); :func:`register_rule` adds a closed form for a custom layer (a :class:`Rule`
+subclass, which reads the layer's recorded calls, :class:`Use`, through a :class:`Layout`).
 """
 
 from ._engine import Engine
-from ._rules import register_rule
+from ._layout import Layout
+from ._rules import Rule, RuleHandle, Use, register_rule
 
-__all__ = ["Engine", "register_rule"]
+__all__ = ["Engine", "Layout", "Rule", "RuleHandle", "Use", "register_rule"]

@@ -20,15 +20,6 @@ from ..distributed._collectives import all_gather_cat, all_reduce_, local_sizes
 from ._layout import Layout
 from ._rules import Rule, Use
 
-_GATHERABLE = (
-    "LinearRule",
-    "ConvRule",
-    "EmbeddingRule",
-    "LayerNormRule",
-    "RMSNormRule",
-    "GroupNormRule",
-)
-
 
 def gathered_uses(
     rules: Sequence[Rule], uses: dict[int, list[Use]], device: torch.device
@@ -44,7 +35,7 @@ def gathered_uses(
         )
     gathered: dict[int, list[Use]] = {}
     for rule in rules:
-        if type(rule).__name__ in _GATHERABLE:
+        if rule.gatherable:
             gathered[id(rule)] = [
                 Use((all_gather_cat(use.args[0], 0),), [], [], [all_gather_cat(use.grads[0], 1)])
                 for use in uses[id(rule)]

@@ -139,12 +139,10 @@ class Engine:
         # A sparse Embedding's weight gets a sparse gradient, as from its own backward, unless
         # it is tied to another module (whose dense gradient makes the sum dense).
         self._sparse = {
-            id(rule.param("weight"))
+            id(rule.param(name))
             for rule in self._rules
-            if isinstance(rule.module, nn.Embedding)
-            and rule.module.sparse
-            and "weight" in rule.names
-            and len(self._owners[id(rule.param("weight"))]) == 1
+            for name in rule.names
+            if rule.sparse(name) and len(self._owners[id(rule.param(name))]) == 1
         }
         # The first Gramian is checked against one ordinary backward pass (see
         # check_against_backward): it catches set-ups that break the engine's assumptions.
@@ -510,7 +508,7 @@ class Engine:
         if self.batch_dim is None:
             return
         expected = losses.shape[self.batch_dim]
-        axis = getattr(rule, "batch_axis", 0)
+        axis = rule.batch_axis
         output = use.outputs[0]
         found = output.shape[axis] if output.ndim > axis else None
         if found != expected:

@@ -9,10 +9,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils._pytree import tree_flatten
 
-from ._rules import Use
-
-# Modules that use their submodules' parameters without calling the submodules.
-_OPAQUE = (nn.MultiheadAttention,)
+from ._rules import Use, covers_submodules
 
 
 def parameter_owners(modules: Sequence[nn.Module]) -> list[tuple[nn.Module, list[str]]]:
@@ -29,7 +26,7 @@ def parameter_owners(modules: Sequence[nn.Module]) -> list[tuple[nn.Module, list
         if id(module) in seen:
             continue
         seen.add(id(module))
-        if isinstance(module, _OPAQUE):
+        if covers_submodules(module):  # its rule covers its submodules' parameters too
             named = module.named_parameters()
         else:
             named = ((n, p) for n, p in module._parameters.items() if p is not None)
@@ -50,7 +47,14 @@ def _unique_trainable(named) -> list[str]:
 
 
 def make_hook(uses: list[Use]) -> Callable:
-    """A forward hook (``with_kwargs=True``) that records calls made with grad enabled."""
+    """A forward hook (``with_kwargs=True``) that records calls made with grad enabled.
+
+    Under ``torch.compile`` the hook runs eagerly: the compiled region ends before it, so that
+    it records real tensors, and the module's outputs, as outputs of that region, get an edge
+    of their own in the autograd graph, to which the engine differentiates (inside a region,
+    intermediate tensors have none). Dynamo traces the hook only if it was registered before
+    the code was compiled (it does not notice hooks added to a module that had none).
+    """
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         if not torch.is_grad_enabled():
@@ -69,7 +73,7 @@ def make_hook(uses: list[Use]) -> Callable:
         versions = [t._version for t in (*inputs, *outputs)]
         uses.append(Use(detached, outputs, versions, edges=[_edge(t) for t in outputs]))
 
-    return hook
+    return torch.compiler.disable(hook)
 
 
 def _edge(output: Tensor) -> GradientEdge | None:

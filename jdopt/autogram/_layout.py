@@ -18,6 +18,13 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Layout:
+    """How this step's objectives map onto a layer's activations (see the module docstring).
+
+    Args:
+        slices: ``S``, the backward slices.
+        per_sample: whether the losses have a batch dimension (rows are samples).
+    """
+
     slices: int
     per_sample: bool
 

@@ -22,6 +22,13 @@ from ._methods import MEASURED, Chooser
 class Use:
     """One call of a hooked module: its inputs, outputs and, later, the outputs' gradients.
 
+    ``args`` are the call's input tensors, detached (the positional arguments when they are all
+    tensors; otherwise every tensor among the positional and keyword arguments, in order),
+    ``outputs`` its output tensors that require grad, and ``grads``, filled in by the engine's
+    backward pass, one gradient ``[S, *output.shape]`` per output (``S`` slices, see
+    :class:`~jdopt.autogram.Layout`; ``None`` for an output the losses do not reach). A rule
+    may keep what it derives from a call in ``cache``: it lives until the next Gramian.
+
     ``versions`` are the version counters of the inputs, then of the outputs, at the call: an
     in-place operation afterwards (``ReLU(inplace=True)``, ``out += identity``) changes them,
     and the outputs' values are then no longer the module's. ``edges`` say, for each output,
@@ -54,17 +61,45 @@ class Use:
 
 
 class Rule(ABC):
-    """Closed-form Gramian quantities for one module's direct parameters.
+    """The closed form of one layer type: per-objective gradients of a module's parameters from
+    what its calls recorded, without differentiating the losses again.
+
+    The engine records each call of the module (a :class:`Use`: its inputs and outputs), back-
+    propagates once to the outputs, and asks the rule for the gradient of every *objective*
+    with respect to each parameter. Objectives are ``(s, b)`` pairs, ``R = S·B'`` of them,
+    slices first (see :class:`~jdopt.autogram.Layout`): read a call's input and output gradient
+    through the layout, as ``layout.rows(use.args[0])`` (``[B', N, ...]``) and
+    ``layout.grad_rows(use.grads[0])`` (``[S, B', N, ...]``), and the same formula serves
+    per-sample losses, per-sample-per-task losses and losses without a batch dimension.
+
+    Implement :meth:`per_objective`; :meth:`gramian` and :meth:`weighted` follow from it, and a
+    rule may override them with something cheaper (inner products of the inputs and output
+    gradients instead of materialised gradients, one weighted reduction instead of ``R``
+    gradients). Override :meth:`exact_for` to send calls the formulas do not cover to the
+    engine's exact fallback, and set the class attributes below where they apply. Register
+    the rule with :func:`~jdopt.autogram.register_rule`.
 
     Args:
         module: the module.
-        names: the names of its direct trainable parameters covered by this rule.
+        names: the names of its trainable parameters covered by this rule.
     """
 
+    # What the engine needs to know about a rule, declared by the rule itself:
     from_losses = False  # True: the engine computes this rule's gradients from the losses
     # True: the rule reads its calls' outputs or differentiates its module's recorded graph from
     # them, so a call whose output was modified in place afterwards goes to the fallback.
     needs_graph = False
+    # The batch's axis in the recorded outputs (checked against the losses' batch size).
+    batch_axis = 0
+    # True: the formulas read nothing but each call's first input and first output gradient
+    # (``use.args[0]``, ``use.grads[0]``), so a distributed engine can gather those across
+    # processes instead of per-objective gradients.
+    gatherable = False
+    # The module's direct parameters the formulas compute with (``None``: no restriction). A
+    # module with others (old-style weight_norm's ``weight_g``/``weight_v``, pruning's
+    # ``weight_orig``, an extra parameter used by a hook) computes with something else: the
+    # engine then uses the exact fallback for it.
+    computes_with: frozenset[str] | None = None
     # How the rule picks among its exact ways of computing a quantity (see ``_methods``); the
     # engine sets its own.
     choose: Chooser = MEASURED
@@ -90,6 +125,11 @@ class Rule(ABC):
         call, unless the module's kernel unrolls a loop in autograd (see
         ``check_untracked_uses``)."""
         return len(uses)
+
+    def sparse(self, name: str) -> bool:
+        """Whether parameter ``name`` gets a sparse gradient from its own backward (a sparse
+        ``nn.Embedding``'s weight): its weighted gradient is then made sparse too."""
+        return False
 
     def param(self, name: str) -> nn.Parameter:
         # Looked up once: reassigning a module's Parameter object needs a new engine.

@@ -32,6 +32,8 @@ class ConvRule(Rule):
     """
 
     _KEPT = "conv_grads"
+    gatherable = True
+    computes_with = frozenset({"weight", "bias"})
 
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
         super().__init__(module, names)

@@ -15,6 +15,12 @@ class EmbeddingRule(Rule):
     Positions whose index is ``padding_idx`` get no gradient, as in the forward pass.
     """
 
+    gatherable = True
+    computes_with = frozenset({"weight"})
+
+    def sparse(self, name: str) -> bool:
+        return self.module.sparse and name == "weight"
+
     def factors(self, uses: Sequence[Use], layout: Layout) -> tuple[Tensor, Tensor]:
         """Indices ``[B, T]`` and output gradients ``[S, B, T, d]`` of all calls."""
         dtype = self.module.weight.dtype

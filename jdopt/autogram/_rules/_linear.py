@@ -20,6 +20,9 @@ class LinearRule(Rule):
     """``nn.Linear`` with inputs ``[batch, *, in]``: the positions ``*`` (and the calls of the
     module) are stacked along one axis, ``T``."""
 
+    gatherable = True
+    computes_with = frozenset({"weight", "bias"})
+
     def factors(self, uses: Sequence[Use], layout: Layout) -> tuple[Tensor, Tensor]:
         """Inputs ``[B, T, i]`` and output gradients ``[S, B, T, o]`` of all calls."""
         dtype = self.param(self.names[0]).dtype

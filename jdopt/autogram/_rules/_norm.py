@@ -16,6 +16,9 @@ class NormRule(Rule):
     ``Σ dY ⊙ x̂`` and the bias gradient ``Σ dY``, summed over positions (and the inner batch).
     """
 
+    gatherable = True
+    computes_with = frozenset({"weight", "bias"})
+
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
         total = None
         for use in uses:

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 import jdopt.aggregation as agg
 from jdopt import JDOptimizer
-from jdopt.autogram import Engine
-from jdopt.autogram._rules import REGISTRY, LinearRule
+from jdopt.autogram import Engine, register_rule
+from jdopt.autogram._rules import LinearRule
 from tests.utils.architectures import ARCHITECTURES, trainable_parameters
 
 from ._reference import (
@@ -109,8 +109,7 @@ def test_a_view_output_that_is_not_a_reshape_goes_to_the_fallback_once_modified(
     """An in-place operation on a view bypasses the view's own node: such an output is only
     readable at its base when it is a reshape of the base, otherwise the call goes to the
     fallback."""
-    REGISTRY[_TransposedLinear] = LinearRule
-    try:
+    with register_rule(_TransposedLinear, LinearRule):
         torch.manual_seed(0)
         layer = _TransposedLinear(3, 4).to(_F64)
         engine = Engine(layer, batch_dim=0)
@@ -118,8 +117,6 @@ def test_a_view_output_that_is_not_a_reshape_goes_to_the_fallback_once_modified(
         if modified:
             out.relu_()
         fallback = assert_exact(engine, PER_SAMPLE.losses(out), list(layer.parameters()))
-    finally:
-        del REGISTRY[_TransposedLinear]
     assert bool(fallback) is modified
 
 
