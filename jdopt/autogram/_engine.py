@@ -8,32 +8,18 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from .._linalg import flatten_generalized
 from .._losses import as_losses
 from .._rows import jacobian_rows
-from ..distributed._collectives import rank, world_size
+from ..distributed._collectives import world_size
+from ._assembly import Step, global_gramian, local_gramian
 from ._checks import check_against_backward, check_modules, check_untracked_uses
-from ._distributed import batch_sizes, combine_rows, gathered_uses, reduce_grads
-from ._hooks import make_hook, parameter_owners, readable
 from ._layout import Layout
-from ._rules import Rule, Use, make_rule
+from ._recording import Calls, Recording
+from ._rules import Rule, Use
 from ._rules._methods import Chooser, check_method
-
-
-@dataclass
-class _Step:
-    """What ``accumulate_grads`` needs from the last ``compute_gramian``."""
-
-    layout: Layout
-    uses: dict[int, list[Use]]
-    order: Tensor  # objective (s, b) ↦ flat index in the losses
-    shape: torch.Size
-    from_losses: dict[int, Tensor]  # id(param) ↦ per-objective gradients [R, numel]
-    fallback: frozenset[int] = frozenset()  # id(param) of every parameter done from the losses
-    global_shape: torch.Size | None = None  # distributed: the shape of every process's losses
-    offset: int = 0  # distributed, per-sample: where this process's samples start
+from ._weighted import add_to_grads, weighted_grads
 
 
 @dataclass
@@ -107,43 +93,13 @@ class Engine:
     ) -> None:
         check_modules(modules, batch_dim)
         check_method(method)
-        chooser = Chooser(method)
         self.batch_dim = batch_dim
         self.distributed = distributed
         self.modules = list(modules)
-        self._rules: list[Rule] = []
-        self._uses: dict[int, list[Use]] = {}
-        self._handles: list[RemovableHandle] = []
-        self._last: _Step | None = None
+        self._recording = Recording(modules, Chooser(method))
+        self._last: Step | None = None
+        self._fallback: frozenset[int] = frozenset()  # of the last Gramian
         self._plans: dict[tuple, tuple[Layout, Tensor, Tensor]] = {}
-        for module, names in parameter_owners(modules):
-            rule = make_rule(module, names)
-            rule.choose = chooser
-            self._rules.append(rule)
-            self._uses[id(rule)] = []
-            handles = rule.register_hooks(self._uses[id(rule)])
-            if handles is None:
-                hook = make_hook(self._uses[id(rule)])
-                # First among the module's forward hooks: it must see the module's own output,
-                # before a user's hook replaces it.
-                handles = [module.register_forward_hook(hook, with_kwargs=True, prepend=True)]
-            self._handles.extend(handles)
-        self._owners: dict[int, list[tuple[Rule, str]]] = {}
-        for rule in self._rules:
-            for name in rule.names:
-                self._owners.setdefault(id(rule.param(name)), []).append((rule, name))
-        self._params = [owners[0][0].param(owners[0][1]) for owners in self._owners.values()]
-        # Every parameter of the modules, with its requires_grad now (see trainable_changed).
-        unique = {id(p): p for module in modules for p in module.parameters()}
-        self._watched = [(param, param.requires_grad) for param in unique.values()]
-        # A sparse Embedding's weight gets a sparse gradient, as from its own backward, unless
-        # it is tied to another module (whose dense gradient makes the sum dense).
-        self._sparse = {
-            id(rule.param(name))
-            for rule in self._rules
-            for name in rule.names
-            if rule.sparse(name) and len(self._owners[id(rule.param(name))]) == 1
-        }
         # The first Gramian is checked against one ordinary backward pass (see
         # check_against_backward): it catches set-ups that break the engine's assumptions.
         self._verified = False
@@ -151,15 +107,12 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Removes every hook and forgets the recorded calls."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.clear()
+        self._recording.close()
+        self._last = None
 
     def clear(self) -> None:
         """Forgets the recorded calls (each ``compute_gramian`` also consumes them)."""
-        for uses in self._uses.values():
-            uses.clear()
+        self._recording.clear()
         self._last = None
 
     def __enter__(self) -> Engine:
@@ -177,13 +130,21 @@ class Engine:
     @property
     def params(self) -> list[nn.Parameter]:
         """The trainable parameters the Gramian is taken over."""
-        return list(self._params)
+        return list(self._recording.params)
+
+    @property
+    def fallback_parameters(self) -> list[nn.Parameter]:
+        """The parameters whose per-objective gradients came from the exact fallback (a batched
+        backward pass of the losses, slower than the closed forms) in the last
+        ``compute_gramian`` (or ``compute_gramian_of_rows``): those of layers without a closed
+        form, of calls the closed forms do not cover, and of parameters tied to either."""
+        return [p for p in self._recording.params if id(p) in self._fallback]
 
     def trainable_changed(self) -> bool:
         """Whether a parameter of the hooked modules was frozen or unfrozen (``requires_grad``)
         since the engine was built: it then refuses to compute Gramians, and a new engine is
         needed."""
-        return any(param.requires_grad is not flag for param, flag in self._watched)
+        return self._recording.trainable_changed()
 
     # ------------------------------------------------------------------ the Gramian
     def compute_gramian(
@@ -225,16 +186,13 @@ class Engine:
         if self._verified or (self.distributed and world_size() > 1):
             return self._compute(roots, layout, order, retain_graph)
         half = any(
-            t.dtype in (torch.float16, torch.bfloat16)
-            for uses in self._uses.values()
-            for use in uses
-            for t in use.outputs
+            t.dtype in (torch.float16, torch.bfloat16) for t in self._recording.outputs()
         )  # autocast: the backward pass rounds differently
         gramian = self._compute(roots, layout, order, True)
         flat = flatten_generalized(gramian)
         try:
             self._verified = check_against_backward(
-                losses, self._params, flat, 5e-2 if half else 1e-3
+                losses, self._recording.params, flat, 5e-2 if half else 1e-3
             )
         except ValueError:
             self._last = None  # accumulate_grads must not use a refused Gramian
@@ -277,46 +235,36 @@ class Engine:
         return make
 
     def _compute(self, roots: _Roots, layout: Layout, order: Tensor, retain_graph: bool) -> Tensor:
-        recorded = {id(rule): list(self._uses[id(rule)]) for rule in self._rules}
-        self.clear()
-        if self.trainable_changed():
+        recording = self._recording
+        recorded = recording.take()
+        self._last = None
+        if recording.trainable_changed():
             raise ValueError(
                 "A parameter of the hooked modules was frozen or unfrozen (requires_grad) since "
                 "the engine was built, so its Gramian would be taken over the wrong parameters. "
                 "Build a new Engine after changing requires_grad (JDOptimizer does this itself)."
             )
-        fallback = self._fallback_params(recorded)
+        fallback = recording.fallback_params(recorded)
+        self._fallback = frozenset(fallback)
         # Rules that differentiate their module's graph need it until accumulate_grads.
-        keep = retain_graph or any(r.needs_graph and recorded[id(r)] for r in self._rules)
+        keep = retain_graph or any(r.needs_graph and recorded[id(r)] for r in recording.rules)
         retain = keep or bool(fallback)  # the fallback differentiates the losses again
         uses = self._backward_to_outputs(roots, recorded, fallback, layout, retain)
         # Every time: a tie or a penalty term can appear at any step.
-        check_untracked_uses(roots.tensors, self._rules, uses, fallback)
+        check_untracked_uses(roots.tensors, recording.rules, uses, fallback)
         from_losses = self._grads_from_losses(roots, fallback, order, keep)
         if not any(uses.values()) and not from_losses:
             raise ValueError(
                 "The losses depend on none of the hooked modules' calls recorded since the last "
                 "Gramian. Compute the losses with the hooked modules."
             )
-        step = _Step(layout, uses, order, roots.shape, from_losses, frozenset(fallback))
+        step = Step(layout, uses, order, roots.shape, from_losses, frozenset(fallback))
         if self.distributed and world_size() > 1:
-            gramian = self._global_gramian(step, fallback)
+            gramian = global_gramian(recording, step, self.batch_dim)
             shape = step.global_shape
             order = self._plan(shape, roots.tensors[0].dtype, roots.tensors[0].device)[1]
         else:
-            parts = [
-                rule.gramian(uses[id(rule)], own, layout)
-                for rule, own in self._own_names(uses, fallback)
-            ]
-            parts.extend(
-                self._tied_gramians(
-                    uses,
-                    fallback,
-                    lambda rule, name: rule.per_objective(uses[id(rule)], name, layout),
-                )
-            )
-            parts.extend(grads @ grads.T for grads in from_losses.values())
-            gramian = _sum(parts)
+            gramian = local_gramian(recording, step)
             shape = roots.shape
         self._last = step
         if layout.per_sample and layout.slices > 1 and shape[self.batch_dim] > 1:
@@ -324,49 +272,6 @@ class Engine:
             inverse = torch.argsort(order)
             gramian = gramian[inverse][:, inverse]
         return _generalize(gramian, shape)
-
-    def _own_names(
-        self, uses: dict[int, list[Use]], fallback: dict[int, nn.Parameter]
-    ) -> list[tuple[Rule, list[str]]]:
-        """The called rules, each with the parameters only it owns (neither tied nor fallback)."""
-        pairs = []
-        for rule in self._rules:
-            own = [n for n in rule.names if self._is_own(rule, n, fallback)]
-            if own and uses[id(rule)]:
-                pairs.append((rule, own))
-        return pairs
-
-    def _global_gramian(self, step: _Step, fallback: dict[int, nn.Parameter]) -> Tensor:
-        """The Gramian of every process's objectives (see ``_distributed``)."""
-        layout, uses = step.layout, step.uses
-        shape = list(step.shape)
-        if layout.per_sample:
-            sizes = batch_sizes(shape[self.batch_dim], step.order.device)
-            step.offset = sum(sizes[: rank()])
-            shape[self.batch_dim] = sum(sizes)
-        step.global_shape = torch.Size(shape)
-        gathered = gathered_uses(self._rules, uses, step.order.device)
-        scale = 1.0 if layout.per_sample else 1.0 / world_size()
-
-        def rows(rule: Rule, names: list[str]) -> Tensor:
-            if id(rule) in gathered:
-                grads = [rule.per_objective(gathered[id(rule)], n, layout) for n in names]
-                return torch.cat(grads, dim=1) * scale
-            local = torch.cat([rule.per_objective(uses[id(rule)], n, layout) for n in names], 1)
-            return combine_rows(local, layout)
-
-        parts = []
-        for rule, own in self._own_names(uses, fallback):
-            if id(rule) in gathered:
-                parts.append(rule.gramian(gathered[id(rule)], own, layout) * scale**2)
-            else:
-                part = rows(rule, own)
-                parts.append(part @ part.T)
-        parts.extend(self._tied_gramians(uses, fallback, lambda rule, name: rows(rule, [name])))
-        for grads in step.from_losses.values():
-            total = combine_rows(grads, layout)
-            parts.append(total @ total.T)
-        return _sum(parts)
 
     def _plan(
         self, shape: torch.Size, dtype: torch.dtype, device: torch.device
@@ -401,39 +306,22 @@ class Engine:
         cotangents[slice_of, order] = 1
         return Layout(k, per_sample=True), order, cotangents.reshape(k, *shape)
 
-    def _fallback_params(self, recorded: dict[int, list[Use]]) -> dict[int, nn.Parameter]:
-        """Parameters whose per-objective gradients come from the losses: those of fallback
-        rules, of rules not exact for this step's calls (or unable to read them after in-place
-        operations), and those tied to either."""
-        fallback: dict[int, nn.Parameter] = {}
-        for rule in self._rules:
-            calls = recorded[id(rule)]
-            exact = rule.exact_for(calls) and all(readable(c, rule.needs_graph) for c in calls)
-            if rule.from_losses or not exact:
-                for name in rule.names:
-                    fallback[id(rule.param(name))] = rule.param(name)
-        return fallback
-
-    def _is_own(self, rule: Rule, name: str, fallback: dict[int, nn.Parameter]) -> bool:
-        key = id(rule.param(name))
-        return key not in fallback and len(self._owners[key]) == 1
-
     def _backward_to_outputs(
         self,
         roots: _Roots,
-        recorded: dict[int, list[Use]],
+        recorded: Calls,
         fallback: dict[int, nn.Parameter],
         layout: Layout,
         retain_graph: bool,
-    ) -> dict[int, list[Use]]:
+    ) -> Calls:
         """Fills the output gradients ``[S, *output.shape]`` of the closed-form rules' calls."""
         needed = [
             (rule, use)
-            for rule in self._rules
+            for rule in self._recording.rules
             if any(id(rule.param(n)) not in fallback for n in rule.names)
             for use in recorded[id(rule)]
         ]
-        live: dict[int, list[Use]] = {id(rule): [] for rule in self._rules}
+        live: Calls = {id(rule): [] for rule in self._recording.rules}
         # An output modified in place is differentiated at its edge (see _hooks._edge).
         targets = [t for _, use in needed for t in use.targets()]
         if not targets:
@@ -519,24 +407,6 @@ class Engine:
                 "inputs' first dimension; otherwise use batch_dim=None."
             )
 
-    def _tied_gramians(
-        self,
-        uses: dict[int, list[Use]],
-        fallback: dict[int, nn.Parameter],
-        rows: Callable[[Rule, str], Tensor],
-    ) -> list[Tensor]:
-        """Parameters used by several closed-form modules: sum their per-objective gradients
-        (``rows(rule, name)``, ``[R, numel]``) over the owners first, then square."""
-        parts = []
-        for key, owners in self._owners.items():
-            if len(owners) == 1 or key in fallback:
-                continue
-            grads = [rows(rule, name) for rule, name in owners if uses[id(rule)]]
-            if grads:
-                summed = torch.stack(grads).sum(dim=0)
-                parts.append(summed @ summed.T)
-        return parts
-
     # ------------------------------------------------------------------ weighted gradients
     def accumulate_grads(self, weights: Tensor) -> None:
         """Adds ``Σᵢ weights[i] ∇losses[i]`` to the ``.grad`` of the hooked parameters.
@@ -563,31 +433,7 @@ class Engine:
         if step.global_shape is not None and step.layout.per_sample:
             weights = weights.narrow(self.batch_dim, step.offset, step.shape[self.batch_dim])
         flat = weights.reshape(-1)[step.order]
-        grads: dict[int, Tensor] = {}
-        for rule in self._rules:
-            if not step.uses[id(rule)]:
-                continue
-            for name, grad in rule.weighted(step.uses[id(rule)], flat, step.layout).items():
-                key = id(rule.param(name))
-                if key not in step.fallback:
-                    grads[key] = grads[key] + grad if key in grads else grad
-        for key, per_objective in step.from_losses.items():
-            grads[key] = flat.to(per_objective.dtype) @ per_objective
-        params = {id(p): p for p in self.params}
-        if step.global_shape is not None:  # every process adds its share, in the same order
-            grads = {
-                k: grads.get(k, torch.zeros_like(p)).reshape(p.shape) for k, p in params.items()
-            }
-            reduce_grads(list(grads.values()), step.layout)
-        for key, grad in grads.items():
-            param = params[key]
-            grad = grad.reshape(param.shape).to(param.dtype)
-            if key in self._sparse and key not in step.fallback:  # as its own backward gives it
-                grad = grad.to_sparse(sparse_dim=1)
-            if param.grad is None:
-                param.grad = grad
-            else:  # dense + sparse is dense; sparse + sparse stays sparse
-                param.grad = grad + param.grad if param.grad.is_sparse else param.grad + grad
+        add_to_grads(self._recording, step, weighted_grads(self._recording, step, flat))
 
 
 def _one_of(losses: object, output: object) -> tuple[object, str]:
@@ -607,15 +453,6 @@ def _as_output(grad: Tensor, output: Tensor) -> Tensor:
     """A gradient ``[S, ...]`` read at an output's edge, in the output's shape ``[S, *shape]``
     (an edge of a view's base has the base's shape)."""
     return grad.reshape(grad.shape[0], *output.shape)
-
-
-def _sum(parts: list[Tensor]) -> Tensor:
-    if not parts:
-        raise ValueError("The losses depend on none of the hooked modules' parameters.")
-    total = parts[0]
-    for part in parts[1:]:
-        total += part  # parts are fresh tensors of the rules: adding in place is safe
-    return total
 
 
 def _generalize(gramian: Tensor, shape: torch.Size) -> Tensor:

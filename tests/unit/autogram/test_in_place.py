@@ -159,7 +159,7 @@ def test_the_in_place_zoo_uses_the_closed_forms(arch) -> None:
     model, inputs = arch.make()
     engine = Engine(model, batch_dim=0)
     engine.compute_gramian(PER_SAMPLE.losses(arch.outputs(model, inputs)))
-    assert not engine._last.fallback
+    assert not engine.fallback_parameters
 
 
 @pytest.mark.parametrize("arch", _IN_PLACE_ZOO, ids=lambda a: a.name)
