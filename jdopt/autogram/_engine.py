@@ -17,7 +17,6 @@ from ._assembly import Step, global_gramian, local_gramian
 from ._checks import check_against_backward, check_modules, check_untracked_uses
 from ._layout import Layout
 from ._recording import Calls, Recording
-from ._rules import Rule, Use
 from ._rules._methods import Chooser, check_method
 from ._weighted import add_to_grads, weighted_grads
 
@@ -57,7 +56,9 @@ class Engine:
         batch_dim: the dimension of ``losses`` that indexes samples (``0`` for per-sample
             losses ``[B]`` or ``[B, k]``), or ``None`` when the losses are not per-sample (e.g.
             one loss per task). With a ``batch_dim``, the hooked modules must treat samples
-            independently, with the batch on their inputs' first dimension.
+            independently; the closed forms read the batch on their calls' first dimension,
+            and a call without it (``pos(arange(T))``, a sequence-first layer) takes the exact
+            fallback (see :attr:`fallback_parameters`).
         distributed: under ``torch.distributed``, take the Gramian over the losses of every
             process (see :mod:`jdopt.distributed`): each process gets the same global Gramian,
             of the concatenated per-sample losses (or of the mean of the losses without a
@@ -244,7 +245,8 @@ class Engine:
                 "the engine was built, so its Gramian would be taken over the wrong parameters. "
                 "Build a new Engine after changing requires_grad (JDOptimizer does this itself)."
             )
-        fallback = recording.fallback_params(recorded)
+        batch = roots.shape[self.batch_dim] if layout.per_sample else None
+        fallback = recording.fallback_params(recorded, batch)
         self._fallback = frozenset(fallback)
         # Rules that differentiate their module's graph need it until accumulate_grads.
         keep = retain_graph or any(r.needs_graph and recorded[id(r)] for r in recording.rules)
@@ -360,8 +362,6 @@ class Engine:
                 None if g is None else _as_output(g if batched else g.unsqueeze(0), output)
                 for g, output in zip(own, use.outputs, strict=True)
             ]
-            if layout.per_sample:
-                self._check_batch(rule, use, roots.tensors[0])
             live[id(rule)].append(use)
         return live
 
@@ -391,21 +391,6 @@ class Engine:
             for p, g in zip(params, grads, strict=True)
             if g is not None or keep_unreached
         }
-
-    def _check_batch(self, rule: Rule, use: Use, losses: Tensor) -> None:
-        if self.batch_dim is None:
-            return
-        expected = losses.shape[self.batch_dim]
-        axis = rule.batch_axis
-        output = use.outputs[0]
-        found = output.shape[axis] if output.ndim > axis else None
-        if found != expected:
-            raise ValueError(
-                f"With batch_dim={self.batch_dim}, the losses have {expected} samples but "
-                f"{type(rule.module).__name__} was called on a batch of {found} (its output has "
-                f"shape {tuple(output.shape)}). Hooked modules must see the batch on their "
-                "inputs' first dimension; otherwise use batch_dim=None."
-            )
 
     # ------------------------------------------------------------------ weighted gradients
     def accumulate_grads(self, weights: Tensor) -> None:

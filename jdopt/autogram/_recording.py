@@ -79,14 +79,19 @@ class Recording:
     def trainable_changed(self) -> bool:
         return any(param.requires_grad is not flag for param, flag in self._watched)
 
-    def fallback_params(self, calls: Calls) -> dict[int, nn.Parameter]:
+    def fallback_params(self, calls: Calls, batch: int | None) -> dict[int, nn.Parameter]:
         """Parameters whose per-objective gradients come from the losses: those of fallback
         rules, of rules not exact for these calls (or unable to read them after in-place
-        operations), and those tied to either."""
+        operations, or — per-sample losses of ``batch`` samples — called without the batch on
+        their batch axis: ``pos(arange(T))``, a sequence-first layer), and those tied to
+        either."""
         fallback: dict[int, nn.Parameter] = {}
         for rule in self.rules:
             mine = calls[id(rule)]
-            exact = rule.exact_for(mine) and all(readable(c, rule.needs_graph) for c in mine)
+            exact = rule.exact_for(mine) and all(
+                readable(c, rule.needs_graph) and (batch is None or rule.batched(c, batch))
+                for c in mine
+            )
             if rule.from_losses or not exact:
                 for name in rule.names:
                     fallback[id(rule.param(name))] = rule.param(name)

@@ -63,6 +63,11 @@ class ProjectionRule(Rule):
     def exact_for(self, uses: Sequence[Use]) -> bool:
         return all(use.complete for use in uses)
 
+    def batched(self, use: Use, batch: int) -> bool:
+        # The projections' outputs may be flattened over positions and batch: read the inputs.
+        x = use.args[0]
+        return x.ndim > self.batch_axis and x.shape[self.batch_axis] == batch
+
     # ------------------------------------------------------------------ factors
     def _factors(
         self, uses: Sequence[Use], layout: Layout

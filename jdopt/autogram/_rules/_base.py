@@ -89,7 +89,7 @@ class Rule(ABC):
     # True: the rule reads its calls' outputs or differentiates its module's recorded graph from
     # them, so a call whose output was modified in place afterwards goes to the fallback.
     needs_graph = False
-    # The batch's axis in the recorded outputs (checked against the losses' batch size).
+    # The batch's axis in the recorded outputs (see ``batched``).
     batch_axis = 0
     # True: the formulas read nothing but each call's first input and first output gradient
     # (``use.args[0]``, ``use.grads[0]``), so a distributed engine can gather those across
@@ -125,6 +125,13 @@ class Rule(ABC):
         call, unless the module's kernel unrolls a loop in autograd (see
         ``check_untracked_uses``)."""
         return len(uses)
+
+    def batched(self, use: Use, batch: int) -> bool:
+        """Whether a call saw the losses' ``batch`` samples on its batch axis (with per-sample
+        losses). A call that did not (``pos(arange(T))``, a sequence-first layer, half a
+        batch) goes to the exact fallback."""
+        output = use.outputs[0]
+        return output.ndim > self.batch_axis and output.shape[self.batch_axis] == batch
 
     def sparse(self, name: str) -> bool:
         """Whether parameter ``name`` gets a sparse gradient from its own backward (a sparse

@@ -13,6 +13,7 @@ from tests.utils.architectures import ARCHITECTURES, Architecture, trainable_par
 from ._reference import (
     TOLERANCE,
     accumulated_grads,
+    assert_exact,
     flat,
     reference_gramian,
     reference_weighted_gradient,
@@ -487,23 +488,53 @@ def test_in_place_activation_after_a_hooked_layer_is_exact() -> None:
 
 
 def test_a_module_seeing_another_batch_size() -> None:
+    """Losses of part of the batch: the layers' calls do not match them, so every layer takes
+    the exact fallback."""
     model = _mlp()
     engine = Engine(model, batch_dim=0)
     losses = _losses(model, _x(batch=5))[:3]
-    with pytest.raises(ValueError, match="Linear") as info:
-        engine.compute_gramian(losses)
-    assert "3 samples" in str(info.value)
-    assert "batch of 5" in str(info.value)
+    fallback = assert_exact(engine, losses, trainable_parameters(model))
+    assert fallback == {id(p) for p in trainable_parameters(model)}
 
 
 def test_a_module_seeing_the_batch_on_another_dimension() -> None:
+    """A sequence-first layer (batch on dim 1) takes the exact fallback."""
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(4, 2, 6, dropout=0.0).to(_F64)  # sequence first
     engine = Engine(layer, batch_dim=0)
     x = torch.randn(3, 5, 4, dtype=_F64)  # [T, B, d]
     losses = (layer(x) ** 2).sum(dim=(0, 2))  # [B]
-    with pytest.raises(ValueError, match="batch_dim=None"):
-        engine.compute_gramian(losses)
+    fallback = assert_exact(engine, losses, trainable_parameters(layer))
+    assert id(layer.linear1.weight) in fallback
+
+
+class _LearnedPositions(nn.Module):
+    """nanoGPT's embeddings: tokens ``[B, T]`` and positions ``arange(T)``, without a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(7, 4)
+        self.positions = nn.Embedding(5, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.tokens(idx) + self.positions(torch.arange(idx.shape[1]))
+        return self.head(torch.tanh(h)).squeeze(-1)  # [B, T]
+
+
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_a_layer_called_without_the_batch(batch_dim: int | None) -> None:
+    """A layer called on positions only (``pos(arange(T))``) is exact through the fallback;
+    the other layers keep their closed forms."""
+    torch.manual_seed(0)
+    model = _LearnedPositions().to(_F64)
+    engine = Engine(model, batch_dim=batch_dim)
+    idx = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(1))
+    out = model(idx)
+    losses = (out**2).mean(dim=1) if batch_dim == 0 else (out**2).mean(dim=0)
+    fallback = assert_exact(engine, losses, trainable_parameters(model))
+    expected = {id(model.positions.weight)} if batch_dim == 0 else set()
+    assert fallback == expected
 
 
 @pytest.mark.parametrize("batch_dim", [2, -3, 5])
