@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -27,6 +27,8 @@ class Step:
     fallback: frozenset[int] = frozenset()  # id(param) of every parameter done from the losses
     global_shape: torch.Size | None = None  # distributed: the shape of every process's losses
     offset: int = 0  # distributed, per-sample: where this process's samples start
+    # id(rule) ↦ its part of the Gramian, made during the backward pass (see ``_streaming``).
+    parts: dict[int, Tensor] = field(default_factory=dict)
 
 
 Rows = Callable[[Rule, list[str]], Tensor]  # per-objective gradients [R, Σ numel] of names
@@ -39,7 +41,12 @@ def local_gramian(recording: Recording, step: Step) -> Tensor:
     def rows(rule: Rule, names: list[str]) -> Tensor:
         return torch.cat([rule.per_objective(uses[id(rule)], n, layout) for n in names], dim=1)
 
-    parts = [rule.gramian(uses[id(rule)], own, layout) for rule, own in _own(recording, step)]
+    parts = [
+        step.parts[id(rule)]
+        if id(rule) in step.parts
+        else rule.gramian(uses[id(rule)], own, layout)
+        for rule, own in _own(recording, step)
+    ]
     parts.extend(_tied_parts(recording, step, rows))
     parts.extend(grads @ grads.T for grads in step.from_losses.values())
     return _sum(parts)

@@ -17,7 +17,9 @@ from ._assembly import Step, global_gramian, local_gramian
 from ._checks import check_against_backward, check_modules, check_untracked_uses
 from ._layout import Layout
 from ._recording import Calls, Recording
+from ._rules import Rule, Use
 from ._rules._methods import Chooser, check_method
+from ._streaming import as_edge, covered
 from ._weighted import add_to_grads, weighted_grads
 
 
@@ -99,6 +101,9 @@ class Engine:
         self.modules = list(modules)
         self._recording = Recording(modules, Chooser(method))
         self._last: Step | None = None
+        self._streamed_parts: dict[int, Tensor] = {}  # id(rule) ↦ its part, made in the pass
+        self._consumed: set[int] = set()
+        self._hooks: list = []
         self._fallback: frozenset[int] = frozenset()  # of the last Gramian
         self._plans: dict[tuple, tuple[Layout, Tensor, Tensor]] = {}
         # The first Gramian is checked against one ordinary backward pass (see
@@ -247,6 +252,7 @@ class Engine:
             )
         batch = roots.shape[self.batch_dim] if layout.per_sample else None
         fallback = recording.fallback_params(recorded, batch)
+        self._streamed_parts = {}
         self._fallback = frozenset(fallback)
         # Rules that differentiate their module's graph need it until accumulate_grads.
         keep = retain_graph or any(r.needs_graph and recorded[id(r)] for r in recording.rules)
@@ -261,6 +267,7 @@ class Engine:
                 "Gramian. Compute the losses with the hooked modules."
             )
         step = Step(layout, uses, order, roots.shape, from_losses, frozenset(fallback))
+        step.parts = self._streamed_parts
         if self.distributed and world_size() > 1:
             gramian = global_gramian(recording, step, self.batch_dim)
             shape = step.global_shape
@@ -344,16 +351,27 @@ class Engine:
                 chunk_size=None,
                 keep_for_fallback=False,
             )
+            requested = [(rule, use) for rule, use in needed]
         else:
-            grads = torch.autograd.grad(
-                roots.tensors,
-                targets,
-                [c[0] for c in roots.cotangents],
-                retain_graph=retain_graph,
-                allow_unused=True,
-            )
+            requested = self._stream(needed, recorded, fallback, targets, layout)
+            targets = [t for _, use in requested for t in use.targets()]
+            try:
+                grads = torch.autograd.grad(
+                    roots.tensors,
+                    targets,
+                    [c[0] for c in roots.cotangents],
+                    retain_graph=retain_graph,
+                    allow_unused=True,
+                )
+            finally:
+                for handle in self._hooks:
+                    handle.remove()
+                self._hooks.clear()
+            for rule, use in needed:
+                if id(use) in self._consumed:
+                    live[id(rule)].append(use)
         position = 0
-        for rule, use in needed:
+        for rule, use in requested:
             own = grads[position : position + len(use.outputs)]
             position += len(use.outputs)
             if all(g is None for g in own):
@@ -364,6 +382,61 @@ class Engine:
             ]
             live[id(rule)].append(use)
         return live
+
+    def _stream(
+        self,
+        needed: list[tuple[Rule, Use]],
+        recorded: Calls,
+        fallback: dict[int, nn.Parameter],
+        targets: list,
+        layout: Layout,
+    ) -> list[tuple[Rule, Use]]:
+        """Hooks the outputs of the calls whose rule can consume their gradient during the pass
+        (see ``_streaming``) and returns the other calls, whose outputs are requested."""
+        recording = self._recording
+        self._consumed: set[int] = set()
+        self._streamed_parts: dict[int, Tensor] = {}
+        self._hooks = []
+        candidates = [
+            type(rule).consume is not Rule.consume
+            and len(recorded[id(rule)]) == 1
+            and len(use.outputs) == 1
+            and all(recording.is_own(rule, name, fallback) for name in rule.names)
+            for rule, use in needed
+        ]
+        # Processes share factors, not Gramian parts: a distributed engine keeps every gradient.
+        if not any(candidates) or (self.distributed and world_size() > 1):
+            return needed
+        flags = covered(targets)
+        requested, position = [], 0
+        for (rule, use), candidate in zip(needed, candidates, strict=True):
+            if candidate and flags[position]:
+                # On the node that made the output, which sees its gradient as the module
+                # made it even after an in-place operation (see _hooks._edge).
+                edge = as_edge(targets[position])
+                hook = self._consume_hook(rule, use, edge.output_nr, layout)
+                self._hooks.append(edge.node.register_prehook(hook))
+            else:
+                requested.append((rule, use))
+            position += len(use.outputs)
+        return requested
+
+    def _consume_hook(
+        self, rule: Rule, use: Use, output_nr: int, layout: Layout
+    ) -> Callable[[tuple], None]:
+        def hook(grad_outputs: tuple) -> None:
+            grad = grad_outputs[output_nr]
+            if grad is None:
+                return
+            use.grads = [_as_output(grad.unsqueeze(0), use.outputs[0])]
+            self._consumed.add(id(use))
+            found = rule.consume(use, rule.names, layout)
+            if found is not None:
+                self._streamed_parts[id(rule)] = found[0]
+                if found[1]:
+                    use.grads = [None]
+
+        return hook
 
     def _grads_from_losses(
         self, roots: _Roots, fallback: dict[int, nn.Parameter], order: Tensor, retain: bool

@@ -126,6 +126,15 @@ class Rule(ABC):
         ``check_untracked_uses``)."""
         return len(uses)
 
+    def consume(self, use: Use, names: Sequence[str], layout: Layout) -> tuple[Tensor, bool] | None:
+        """Called during the backward pass, with per-sample losses ``[B]``, on the rule's only
+        call of the step as soon as its output gradient is made (``use.grads`` filled): the
+        rule's part of the Gramian for ``names``, and whether the rule is done with the output
+        gradient (it kept what :meth:`weighted` needs), so that the engine lets it go at once
+        instead of holding every layer's until the pass ends. ``None`` (the default): the rule
+        works after the pass."""
+        return None
+
     def batched(self, use: Use, batch: int) -> bool:
         """Whether a call saw the losses' ``batch`` samples on its batch axis (with per-sample
         losses). A call that did not (``pos(arange(T))``, a sequence-first layer, half a

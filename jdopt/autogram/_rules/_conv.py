@@ -32,6 +32,7 @@ class ConvRule(Rule):
     """
 
     _KEPT = "conv_grads"
+    _BIAS = "conv_bias_grads"
     gatherable = True
     computes_with = frozenset({"weight", "bias"})
 
@@ -86,8 +87,19 @@ class ConvRule(Rule):
             total = part if total is None else total + part
         return total
 
+    def consume(self, use: Use, names: Sequence[str], layout: Layout) -> tuple[Tensor, bool] | None:
+        part = self.gramian([use], names, layout)
+        done = "weight" not in self.names or self._KEPT in use.cache
+        if done:  # the weighted gradient comes from kept per-objective gradients
+            if "bias" in self.names:
+                use.cache[self._BIAS] = self._bias_grads([use], layout)
+            del use.cache["conv"]
+        return part, done
+
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
         if name == "bias":
+            if self._BIAS in uses[0].cache:
+                return uses[0].cache[self._BIAS]
             return self._bias_grads(uses, layout)
         if self._KEPT in uses[0].cache:
             return uses[0].cache[self._KEPT]
@@ -99,23 +111,28 @@ class ConvRule(Rule):
 
     def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
         m = self.module
+        cache = uses[0].cache
         grads: dict[str, Tensor] = {}
-        kept = uses[0].cache.get(self._KEPT)
-        if kept is not None and "weight" in self.names:
+        # From kept per-objective gradients where there are some, else from the factors.
+        if "weight" in self.names and self._KEPT in cache:
+            kept = cache[self._KEPT]
             grads["weight"] = (weights.to(kept.dtype) @ kept).reshape(m.weight.shape)
-        for use in uses:
+        if "bias" in self.names and self._BIAS in cache:
+            grads["bias"] = weights.to(cache[self._BIAS].dtype) @ cache[self._BIAS]
+        missing = [name for name in self.names if name not in grads]
+        for use in uses if missing else []:
             x, padding, dy = self._prepared(use, layout)
             combined = torch.einsum(
                 "sb,sbn...->bn...", weights.reshape(dy.shape[:2]).to(dy.dtype), dy
             )
             combined = combined.reshape(-1, *combined.shape[2:])
             found = {}
-            if "weight" in self.names and kept is None:
+            if "weight" in missing:
                 shape = (m.out_channels, m.in_channels // m.groups, *self.kernel)
                 found["weight"] = conv2d_weight(
                     x, shape, combined, self.stride, padding, self.dilation, m.groups
                 ).reshape(m.weight.shape)
-            if "bias" in self.names:
+            if "bias" in missing:
                 found["bias"] = combined.sum(dim=(0, 2, 3))
             for name, grad in found.items():
                 grads[name] = grads[name] + grad if name in grads else grad
@@ -132,6 +149,7 @@ class ConvRule(Rule):
                 return product_with_transpose(summed), summed
 
             methods[name] = materialised
+        methods["per_sample"] = lambda: self._unfolded_gramian(uses, layout)
         dys = [self._prepared(use, layout)[2] for use in uses]
         s, b, n, o = dys[0].shape[:4]
         positions = n * sum(dy.shape[4:].numel() for dy in dys)
@@ -193,6 +211,27 @@ class ConvRule(Rule):
             )
             grads[:, row] = part.reshape(g, s, o // g, -1).transpose(0, 1).reshape(s, -1)
         return grads.reshape(s * b, -1)
+
+    def _unfolded_gramian(
+        self, uses: Sequence[Use], layout: Layout
+    ) -> tuple[Tensor, Tensor | None]:
+        """The weight's Gramian from unfolded patches, the per-objective gradients made a few
+        output channels at a time so that none is bigger than the patches they come from
+        (returned only when made at once)."""
+        factors = self._patches(uses, layout)  # per group: [B, P, c·k], [S, B, P, o/g]
+        s, _, positions, width = factors[0][1].shape
+        pieces = min(width, -(-(s * width) // positions))
+        total, parts = None, []
+        for x, dy in factors:
+            for d in dy.chunk(pieces, dim=-1):
+                grads = per_objective_factors(x, d)  # [R, o'·c·k]
+                part = product_with_transpose(grads)
+                total = part if total is None else total + part
+                if pieces == 1:
+                    parts.append(grads)
+        if pieces > 1:
+            return total, None
+        return total, (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
 
     def _unfolded(self, use: Use, layout: Layout) -> Tensor:
         """The Linear formula on unfolded patches, group by group."""

@@ -19,7 +19,15 @@ class NormRule(Rule):
     gatherable = True
     computes_with = frozenset({"weight", "bias"})
 
+    def consume(self, use: Use, names: Sequence[str], layout: Layout) -> tuple[Tensor, bool] | None:
+        # Per-objective gradients are one vector per sample: keep them, not the output gradient.
+        kept = {name: self.per_objective([use], name, layout) for name in self.names}
+        use.cache["norm_grads"] = kept
+        return sum(kept[name] @ kept[name].T for name in names), True
+
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
+        if len(uses) == 1 and "norm_grads" in uses[0].cache:
+            return uses[0].cache["norm_grads"][name]
         total = None
         for use in uses:
             grads = self._use_grads(use, name, layout)
