@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -68,8 +69,9 @@ def modules_of(model: object) -> list[nn.Module]:
 
 def choose_engine(engine: str, aggregator: Aggregator, model: object) -> str:
     gramian_based = isinstance(aggregator, GramianWeightedAggregator)
+    fullgraph = compiled_fullgraph(model)
     if engine == "auto":
-        return "autogram" if model is not None and gramian_based else "autojac"
+        return "autogram" if model is not None and gramian_based and not fullgraph else "autojac"
     if engine == "autogram" and not gramian_based:
         raise ValueError(
             f"engine='autogram' needs an aggregator whose weights depend on the Gramian only; "
@@ -81,4 +83,66 @@ def choose_engine(engine: str, aggregator: Aggregator, model: object) -> str:
             "engine='autogram' needs `model=`: the module (or modules) whose layers the Gramian "
             "engine hooks, e.g. JDOptimizer(opt, model=model, batch_dim=0)."
         )
+    if engine == "autogram" and fullgraph:
+        raise ValueError(
+            "engine='autogram' needs the outputs of `model`'s layers, so compiled code must stop "
+            "at each layer it hooks (a graph break); `model` was compiled with fullgraph=True, "
+            "which forbids graph breaks. Use engine='autojac' (or 'auto'), or compile without "
+            "fullgraph=True (the code between the layers is still compiled)."
+        )
     return engine
+
+
+def is_compiled(model: object) -> bool:
+    """Whether ``model``, or one of its submodules, runs code compiled by ``torch.compile``:
+    ``torch.compile(module)``, ``module.compile()`` or ``module.forward = torch.compile(...)``.
+    """
+    return bool(_compile_contexts(model))
+
+
+def compiled_fullgraph(model: object) -> bool:
+    """Whether some of ``model``'s compiled code was compiled with ``fullgraph=True``."""
+    return any(getattr(context, "fullgraph", False) for context in _compile_contexts(model))
+
+
+def _compile_contexts(model: object) -> list[object]:
+    """The torch.compile contexts (which hold its options) of ``model``'s compiled code."""
+    if "torch._dynamo" not in sys.modules:  # torch.compile imports it: nothing was compiled
+        return []
+    from torch._dynamo.eval_frame import OptimizedModule, _TorchDynamoContext
+
+    contexts = []
+    for module in modules_of(model):
+        for sub in module.modules():
+            if isinstance(sub, OptimizedModule):
+                contexts.append(sub.dynamo_ctx)
+            for wrapper in (getattr(sub, "_compiled_call_impl", None), vars(sub).get("forward")):
+                # torch.compile's wrapper of a function keeps its context in its closure.
+                if _compiled_function(wrapper):
+                    cells = [cell.cell_contents for cell in wrapper.__closure__ or ()]
+                    found = [c for c in cells if isinstance(c, _TorchDynamoContext)]
+                    contexts.extend(found or [None])
+    return contexts
+
+
+def _compiled_function(function: object) -> bool:
+    # torch.compile's wrapper and torch.compiler.disable's both have the attribute.
+    wrapped = getattr(function, "_torchdynamo_orig_callable", None) is not None
+    return wrapped and not getattr(function, "_torchdynamo_disable", False)
+
+
+def allow_repeated_backward() -> None:
+    """Lets a compiled backward run more than once per forward pass.
+
+    torch.compile's donated buffers let a compiled backward reuse the memory of the tensors
+    that its forward saved, so a second backward pass through the same graph raises ("compiled
+    with non-empty donated buffers"). Jacobian descent needs several: one per row of the
+    Jacobian where compiled code cannot run batched, the Gramian engine's check of its first
+    Gramian and its batched passes. This memory optimisation is turned off for the process
+    (``torch._functorch.config.donated_buffer``), which only affects graphs compiled from now
+    on.
+    """
+    import torch._functorch.config as config
+
+    if hasattr(config, "donated_buffer"):  # torch < 2.5 has no donated buffers
+        config.donated_buffer = False

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ._arguments import check_arguments, choose_engine, modules_of
+from ._arguments import (
+    allow_repeated_backward,
+    check_arguments,
+    choose_engine,
+    is_compiled,
+    modules_of,
+)
 from ._ddp import check_wrapping, is_ddp, sync_grads, take_over_gradient_sync
 from ._delegate import DelegatingOptimizer
 from ._diagnostics import StepInfo, step_info
 from ._linalg import compute_gramian, flatten_generalized, sum_of_gramians
 from ._losses import as_losses, check_chunk_size, check_finite_losses
+from ._race import Race
 from .aggregation import Aggregator, GramianWeightedAggregator, UPGrad, Weighting
 from .autogram import Engine
 from .autojac._accumulate import accumulate, add_grad, flatten_rows, kept_grads
@@ -23,6 +32,15 @@ from .autojac._graph import reached_leaves
 from .autojac._mtl_backward import check_features, compute_mtl_jacobian
 from .autojac._stages import feature_cotangents
 from .distributed._collectives import all_gather_cat, all_reduce_, broadcast_, is_distributed
+
+COMPILED_HINT = (
+    "`model` is compiled: JDOptimizer must exist before the code runs compiled. If this model, "
+    "or another instance of its class, was called compiled before JDOptimizer was created, "
+    "torch.compile reuses that code, which has neither the Gramian engine's hooks (the engine "
+    'then records no call) nor a backward that can run more than once ("donated buffers"). '
+    "Create JDOptimizer before the model's first call, or call torch._dynamo.reset() after "
+    "creating it."
+)
 
 
 class JDOptimizer(DelegatingOptimizer):
@@ -46,9 +64,22 @@ class JDOptimizer(DelegatingOptimizer):
     - ``"autojac"``: the full Jacobian over the optimizer's parameters (needed by ConFIG,
       GradDrop, NashMTL, TrimmedMean).
 
-    Multi-task steps (``features=``) use the Gramian engine for the trunk when ``model`` holds
-    every parameter upstream of the features (``last_step.engine == "autogram-mtl"``), the full
-    Jacobian otherwise (``"autojac-mtl"``).
+    Multi-task steps (``features=``) can use the Gramian engine for the trunk when ``model``
+    holds every parameter upstream of the features (``last_step.engine == "autogram-mtl"``),
+    and the full Jacobian of the tasks over the trunk in any case (``"autojac-mtl"``). Both
+    are exact; which is faster depends on the trunk and the number of tasks, so with
+    ``engine="auto"`` the first four such steps time each twice and later steps take the
+    faster (the choice changes rounding only; ``engine="autogram"`` always takes the Gramian
+    engine where it applies, ``"autojac"`` never).
+
+    Compiled models (``torch.compile(model)``, ``model.compile()``, a compiled ``forward`` or
+    compiled submodules) work with both engines; create JDOptimizer before their first call.
+    The Gramian engine's hooks end the compiled regions at the layers they record, which
+    ``fullgraph=True`` forbids: ``"auto"`` then takes the autojac engine, and ``"autogram"`` is
+    refused. Compiled code cannot run batched over the Jacobian's rows: they take one backward
+    pass each. Since the engines run several backward passes through one graph, JDOptimizer
+    turns off torch.compile's donated buffers (``torch._functorch.config.donated_buffer``)
+    when torch.compile is in use.
 
     Args:
         optimizer: the optimizer to wrap (SGD, Adam, AdamW, …), built as usual.
@@ -93,6 +124,10 @@ class JDOptimizer(DelegatingOptimizer):
             aggregator = GramianWeightedAggregator(aggregator)
         self.aggregator = aggregator
         self.engine = choose_engine(engine, aggregator, model)
+        # Multi-task steps with the trunk on the Gramian engine can also take the full
+        # Jacobian: with engine="auto", the first steps time both and the faster is kept.
+        self._race_mtl = engine == "auto"
+        self._mtl_race = Race("autogram-mtl", "autojac-mtl")
         self.model = model
         self.batch_dim = batch_dim
         self.scaler = scaler
@@ -107,6 +142,9 @@ class JDOptimizer(DelegatingOptimizer):
         self._init_delegation(optimizer, aggregator)
         if self.engine == "autogram":
             self._use_engine(self._new_engine())
+        self._compiled = is_compiled(model)
+        if "torch._dynamo" in sys.modules:  # torch.compile is in use (see allow_repeated_backward)
+            allow_repeated_backward()
         if self._distributed and is_ddp(model):  # last: nothing can raise after it
             take_over_gradient_sync(model)
 
@@ -207,8 +245,20 @@ class JDOptimizer(DelegatingOptimizer):
         features = None if features is None else check_features(features)
         # The batched passes would leave an unusable .grad on losses or features that called
         # retain_grad(): they keep theirs.
-        with kept_grads([*(tasks or [losses]), *(features or [])]):
+        with kept_grads([*(tasks or [losses]), *(features or [])]), self._compile_hint():
             self._dispatch(losses, features, params, tasks)
+
+    @contextmanager
+    def _compile_hint(self) -> Iterator[None]:
+        """Adds what a compiled model needs to the errors of a step (code compiled before
+        JDOptimizer existed has neither the Gramian engine's hooks nor a backward that can run
+        several times)."""
+        try:
+            yield
+        except RuntimeError as error:
+            if self._compiled and hasattr(error, "add_note"):  # Python >= 3.11
+                error.add_note(COMPILED_HINT)
+            raise
 
     def _dispatch(
         self,
@@ -276,10 +326,37 @@ class JDOptimizer(DelegatingOptimizer):
         upstream = {id(t) for t in reached_leaves(features)}
         shared = [p for p in params if id(p) in upstream]
         heads = [p for p in params if id(p) not in upstream]
-        if self._mtl_on_engine(shared) and self._backward_mtl_autogram(
-            losses, features, shared, heads, tasks
-        ):
+        ways = {
+            "autogram-mtl": lambda: self._backward_mtl_autogram(
+                losses, features, shared, heads, tasks
+            ),
+            "autojac-mtl": lambda: self._backward_mtl_autojac(
+                losses, features, shared, heads, tasks
+            ),
+        }
+        if not self._mtl_on_engine(shared):
+            ways["autojac-mtl"]()
             return
+        if not self._race_mtl:  # engine="autogram": the trunk on the Gramian engine
+            if not ways["autogram-mtl"]():
+                ways["autojac-mtl"]()
+            return
+        # engine="auto": both are exact; which is faster depends on the trunk and the number
+        # of tasks (the engine's per-task cost against the Jacobian's), so measure.
+        device = shared[0].device
+        for way in self._mtl_race.order():
+            if self._mtl_race.run(way, lambda way=way: ways[way]() or None, device):
+                return
+
+    def _backward_mtl_autojac(
+        self,
+        losses: Tensor,
+        features: list[Tensor],
+        shared: list[Tensor],
+        heads: list[Tensor],
+        tasks: list[Tensor] | None,
+    ) -> bool:
+        """A multi-task step on the full Jacobian of the tasks over the trunk."""
         if self._gramian_engine is not None:  # not used this step: drop what it recorded
             self._gramian_engine.clear()
         blocks, used, head_grads = compute_mtl_jacobian(
@@ -293,6 +370,7 @@ class JDOptimizer(DelegatingOptimizer):
         accumulate(update, used)
         for param, grad in head_grads:
             add_grad(param, grad)
+        return True
 
     def _mtl_on_engine(self, shared: list[Tensor]) -> bool:
         """Whether the Gramian engine covers the whole trunk of a multi-task step."""

@@ -3,6 +3,7 @@ backward pass per row where an operation cannot run batched. Shared by both engi
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -30,7 +31,8 @@ def jacobian_rows(
         grad_outputs: one ``[m, *output.shape]`` tensor of cotangents per output.
         retain_graph: keep the graph after the last chunk.
         chunk_size: rows per batched backward pass; ``None`` means all at once, ``1`` a plain
-            loop. The loop also takes over when an operation has no batching rule.
+            loop. The loop also takes over when an operation has no batching rule, and for a
+            graph that goes through code compiled by ``torch.compile``.
         keep_for_fallback: let every batched pass keep the graph, for the loop to take over
             if it fails; the graph then lives as long as ``outputs`` do. ``False`` frees it
             in the last pass (as ``torch.autograd.grad`` and TorchJD do) unless
@@ -44,7 +46,8 @@ def jacobian_rows(
     size = m if chunk_size is None else chunk_size
     blocks = list(zip(*(g.split(size) for g in grad_outputs), strict=True))
     chunks: list[list[Tensor | None]] = []
-    batched = True  # until an operation turns out to have no batching rule
+    # Until an operation turns out to have no batching rule.
+    batched = not _through_compiled_code(outputs)
     for k, block in enumerate(blocks):
         retain = retain_graph or k < len(blocks) - 1
         keep = retain or keep_for_fallback
@@ -134,6 +137,29 @@ def _loop_after(
             "backward pass). Pass `parallel_chunk_size=1` (one backward pass per row), or "
             "`retain_graph=True` to let jdopt fall back to one pass per row by itself."
         ) from failure
+
+
+def _through_compiled_code(outputs: Sequence[Tensor]) -> bool:
+    """Whether the graph of ``outputs`` goes through code compiled by ``torch.compile``.
+
+    Such code is one ``CompiledFunctionBackward`` node, whose compiled kernels read their
+    inputs' memory: the batched tensors of ``is_grads_batched`` have none ("Cannot access data
+    pointer of Tensor that doesn't have storage"), so its rows take one pass each. Without
+    ``torch._dynamo`` imported, nothing was compiled and the graph is not walked.
+    """
+    if "torch._dynamo" not in sys.modules:
+        return False
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    seen = set(stack)
+    while stack:
+        node = stack.pop()
+        if node.name() == "CompiledFunctionBackward":
+            return True
+        for child, _ in node.next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return False
 
 
 def _dense(grad: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -52,8 +53,8 @@ def make_hook(uses: list[Use]) -> Callable:
     Under ``torch.compile`` the hook runs eagerly: the compiled region ends before it, so that
     it records real tensors, and the module's outputs, as outputs of that region, get an edge
     of their own in the autograd graph, to which the engine differentiates (inside a region,
-    intermediate tensors have none). Dynamo traces the hook only if it was registered before
-    the code was compiled (it does not notice hooks added to a module that had none).
+    intermediate tensors have none). This needs ``torch._dynamo``, which is imported only if
+    the process already uses ``torch.compile`` (importing it takes a second).
     """
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
@@ -73,7 +74,7 @@ def make_hook(uses: list[Use]) -> Callable:
         versions = [t._version for t in (*inputs, *outputs)]
         uses.append(Use(detached, outputs, versions, edges=[_edge(t) for t in outputs]))
 
-    return torch.compiler.disable(hook)
+    return torch.compiler.disable(hook) if "torch._dynamo" in sys.modules else hook
 
 
 def _edge(output: Tensor) -> GradientEdge | None:
