@@ -213,6 +213,7 @@ def test_multi_task_steps_with_the_trunk_on_the_engine(variant, engine, form, ag
         torch.optim.Adam(gram_model.parameters(), lr=0.01),
         aggregator=aggregator,
         model=gram_model.trunk,
+        engine="autogram",
     )
     jac = JDOptimizer(torch.optim.Adam(jac_model.parameters(), lr=0.01), aggregator=aggregator)
     for step in range(3):
@@ -224,6 +225,25 @@ def test_multi_task_steps_with_the_trunk_on_the_engine(variant, engine, form, ag
     assert gram.last_step.engine == engine and jac.last_step.engine == "autojac-mtl"
     assert torch.allclose(_params(gram_model), _params(jac_model), atol=1e-9)
     assert torch.allclose(gram.last_step.gramian, jac.last_step.gramian, atol=1e-9)
+
+
+def test_multi_task_steps_on_auto_time_both_engines_then_keep_one() -> None:
+    """engine="auto" with the trunk on the engine: the first steps take both multi-task
+    engines, later steps one of them; every step is the reference's."""
+    auto_model, jac_model = _MultiTask(), _MultiTask()
+    auto = JDOptimizer(torch.optim.Adam(auto_model.parameters(), lr=0.01), model=auto_model.trunk)
+    jac = JDOptimizer(torch.optim.Adam(jac_model.parameters(), lr=0.01))
+    used = []
+    for step in range(8):
+        x = torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+        for jd, model in ((auto, auto_model), (jac, jac_model)):
+            tasks, features = model(x)
+            jd.zero_grad()
+            jd.step(tasks, features=features)
+        used.append(auto.last_step.engine)
+        assert torch.allclose(_params(auto_model), _params(jac_model), atol=1e-9)
+    assert set(used) == {"autogram-mtl", "autojac-mtl"}
+    assert len(set(used[-3:])) == 1
 
 
 @pytest.mark.parametrize(("model", "engine"), [("whole", "autogram-mtl"), ("last", "autojac-mtl")])
