@@ -82,3 +82,28 @@ def test_accumulate_grads_adds_to_existing_grads(arch: Architecture) -> None:
     engine.accumulate_grads(weights)
 
     assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("method", ["inner", "per_sample", "grouped", "looped"])
+@_ARCHITECTURES
+def test_every_forced_method_is_exact(method: str, arch: Architecture) -> None:
+    """``Engine(method=...)`` forces one way wherever a layer offers it: each is exact."""
+    model, inputs = arch.make()
+    params = trainable_parameters(model)
+    engine = Engine(model, batch_dim=0, method=method)
+    losses = PER_SAMPLE.losses(arch.outputs(model, inputs))
+    weights = torch.rand(
+        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(3)
+    )
+    gramian = engine.compute_gramian(losses)
+    assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
+    expected = reference_weighted_gradient(losses, weights, params)
+    engine.accumulate_grads(weights)
+    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
+
+
+def test_an_unknown_method_is_refused() -> None:
+    model, _ = ARCHITECTURES[0].make()
+    with pytest.raises(ValueError, match="'auto'") as info:
+        Engine(model, batch_dim=0, method="fastest")
+    assert "'fastest'" in str(info.value) and "'inner'" in str(info.value)
