@@ -338,7 +338,9 @@ class Engine:
                 raise RuntimeError(
                     "The engine recorded no forward call of its modules with grad enabled. "
                     "Compute the losses with the hooked modules (outside torch.no_grad()) "
-                    "after creating the engine."
+                    "after creating the engine. A model compiled and called before the engine "
+                    "existed runs code without its hooks: create the engine before the first "
+                    "call, or call torch._dynamo.reset() after creating it."
                 )
             return live
         batched = layout.slices > 1
