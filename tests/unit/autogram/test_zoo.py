@@ -11,6 +11,7 @@ from tests.utils.architectures import ARCHITECTURES, Architecture, trainable_par
 from ._reference import (
     TOLERANCE,
     accumulated_grads,
+    assert_exact,
     flat,
     reference_gramian,
     reference_weighted_gradient,
@@ -89,17 +90,9 @@ def test_accumulate_grads_adds_to_existing_grads(arch: Architecture) -> None:
 def test_every_forced_method_is_exact(method: str, arch: Architecture) -> None:
     """``Engine(method=...)`` forces one way wherever a layer offers it: each is exact."""
     model, inputs = arch.make()
-    params = trainable_parameters(model)
     engine = Engine(model, batch_dim=0, method=method)
     losses = PER_SAMPLE.losses(arch.outputs(model, inputs))
-    weights = torch.rand(
-        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(3)
-    )
-    gramian = engine.compute_gramian(losses)
-    assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
-    expected = reference_weighted_gradient(losses, weights, params)
-    engine.accumulate_grads(weights)
-    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
+    assert_exact(engine, losses, trainable_parameters(model))
 
 
 def test_an_unknown_method_is_refused() -> None:
