@@ -60,7 +60,7 @@ def check_untracked_uses(
             if key not in fallback:
                 calls[key] = calls.get(key, 0) + rule.graph_references(uses[id(rule)], name)
                 names[key] = f"{name!r} of {type(rule.module).__name__}"
-    references = _references(roots, set(calls))
+    references = graph_references(roots, set(calls))
     for key, count in references.items():
         if count > calls[key]:
             raise ValueError(
@@ -73,7 +73,8 @@ def check_untracked_uses(
             )
 
 
-def _references(roots: Sequence[Tensor], keys: set[int]) -> dict[int, int]:
+def graph_references(roots: Sequence[Tensor], keys: set[int]) -> dict[int, int]:
+    """How many times the graph of ``roots`` references each parameter of ``keys`` (ids)."""
     counts: dict[int, int] = {}
     seen: set[object] = set()
     stack = [root.grad_fn for root in roots if root.grad_fn is not None]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .._linalg import flatten_generalized
 from .._losses import as_losses
@@ -21,6 +22,16 @@ from ._rules import Rule, Use
 from ._rules._methods import Chooser, check_method
 from ._streaming import as_edge, covered
 from ._weighted import add_to_grads, weighted_grads
+
+
+@dataclass
+class _Pass:
+    """The engine's backward pass, planned (see ``Engine._plan_pass``)."""
+
+    needed: list[tuple[Rule, Use]]
+    targets: list
+    consumed: set[int]  # id(use) of the calls consumed during the pass
+    graph_needed: bool
 
 
 @dataclass
@@ -43,8 +54,9 @@ class Engine:
     back-propagates once — batched over the slices of ``losses`` that are not per-sample — to
     those outputs only, and builds the Gramian in closed form from the recorded inputs and the
     output gradients: no parameter gradient, no per-sample Jacobian and no second forward pass.
-    Modules without a closed-form rule get their per-objective gradients from one extra
-    backward pass batched over the objectives (exact, slower). An output modified in place
+    Modules without a closed-form rule get their per-objective gradients from a backward pass
+    batched over the objectives through their own part of the graph (or, where that is not
+    exact, from the losses): exact, slower. An output modified in place
     after the call (``ReLU(inplace=True)``, ``out += identity``) is differentiated as the
     module made it, at no cost; the few calls the closed forms cannot read any more (an input
     modified in place) go to that fallback. A rule may record other tensors than its module's
@@ -102,8 +114,6 @@ class Engine:
         self._recording = Recording(modules, Chooser(method))
         self._last: Step | None = None
         self._streamed_parts: dict[int, Tensor] = {}  # id(rule) ↦ its part, made in the pass
-        self._consumed: set[int] = set()
-        self._hooks: list = []
         self._fallback: frozenset[int] = frozenset()  # of the last Gramian
         self._plans: dict[tuple, tuple[Layout, Tensor, Tensor]] = {}
         # The first Gramian is checked against one ordinary backward pass (see
@@ -171,11 +181,10 @@ class Engine:
             retain_graph: keep the graph of ``losses`` (default), so that
                 ``losses.backward(weights)`` can follow. ``False`` frees it during the backward
                 pass, like ``backward()`` does: less memory when the weighted gradient comes
-                from :meth:`accumulate_grads` (the graph is kept all the same when a hooked
-                ``MultiheadAttention`` with ``add_bias_kv`` or ``add_zero_attn``, whose rule
-                differentiates its own graph, was called, and until an engine's first finite
-                Gramian has been checked against one ordinary backward pass, which needs the
-                graph).
+                from :meth:`accumulate_grads` (the graph is kept all the same for a layer
+                without a closed form, which differentiates its own part of the graph, when
+                the losses have several slices, and until an engine's first finite Gramian
+                has been checked against one ordinary backward pass, which needs the graph).
             output: TorchJD's name for ``losses`` (``compute_gramian(output=losses)`` works
                 unchanged); give one of the two.
 
@@ -251,13 +260,20 @@ class Engine:
                 "Build a new Engine after changing requires_grad (JDOptimizer does this itself)."
             )
         batch = roots.shape[self.batch_dim] if layout.per_sample else None
-        fallback = recording.fallback_params(recorded, batch)
-        self._streamed_parts = {}
-        self._fallback = frozenset(fallback)
-        # Rules that differentiate their module's graph need it until accumulate_grads.
-        keep = retain_graph or any(r.needs_graph and recorded[id(r)] for r in recording.rules)
+        fallback = recording.fallback_params(recorded, batch, roots.tensors)
+        # Listed for users: the parameters without a closed form this step.
+        self._fallback = frozenset(fallback) | {
+            id(rule.param(name))
+            for rule in recording.rules
+            if not rule.closed_form and recorded[id(rule)]
+            for name in rule.names
+        }
+        plan = self._plan_pass(recorded, fallback, layout)
+        # A rule that differentiates its call's own graph after the pass needs the graph kept,
+        # where the pass runs through that call.
+        keep = retain_graph or plan.graph_needed
         retain = keep or bool(fallback)  # the fallback differentiates the losses again
-        uses = self._backward_to_outputs(roots, recorded, fallback, layout, retain)
+        uses = self._backward_to_outputs(roots, plan, recorded, fallback, layout, retain)
         # Every time: a tie or a penalty term can appear at any step.
         check_untracked_uses(roots.tensors, recording.rules, uses, fallback)
         from_losses = self._grads_from_losses(roots, fallback, order, keep)
@@ -315,25 +331,56 @@ class Engine:
         cotangents[slice_of, order] = 1
         return Layout(k, per_sample=True), order, cotangents.reshape(k, *shape)
 
+    def _plan_pass(self, recorded: Calls, fallback: dict, layout: Layout) -> _Pass:
+        """The calls whose output gradients the engine's backward pass must give, which of them
+        their rule consumes during the pass (see ``_streaming``), and whether the graph must be
+        kept for a rule that differentiates its call's own graph after the pass."""
+        recording = self._recording
+        needed = [
+            (rule, use)
+            for rule in recording.rules
+            if any(id(rule.param(n)) not in fallback for n in rule.names)
+            for use in recorded[id(rule)]
+        ]
+        targets = [t for _, use in needed for t in use.targets()]
+        # Processes share factors, not Gramian parts: a distributed engine keeps every
+        # gradient; under a batched pass, hooks would see batched tensors.
+        alone = layout.slices == 1 and not (self.distributed and world_size() > 1)
+        candidates = [
+            alone
+            and type(rule).consume is not Rule.consume
+            and len(recorded[id(rule)]) == 1
+            and len(use.outputs) == 1
+            and all(recording.is_own(rule, name, fallback) for name in rule.names)
+            for rule, use in needed
+        ]
+        local = [rule.needs_graph for rule, _ in needed]
+        flags = covered(targets) if any(candidates) or any(local) else [False] * len(targets)
+        consumed, graph_needed, position = set(), False, 0
+        for (_, use), candidate, differentiates in zip(needed, candidates, local, strict=True):
+            # The pass runs through the call's nodes (and frees them) when a target lies below.
+            below = any(flags[position : position + len(use.outputs)])
+            if candidate and below:
+                consumed.add(id(use))
+            elif differentiates and below:
+                graph_needed = True
+            position += len(use.outputs)
+        return _Pass(needed, targets, consumed, graph_needed)
+
     def _backward_to_outputs(
         self,
         roots: _Roots,
+        plan: _Pass,
         recorded: Calls,
         fallback: dict[int, nn.Parameter],
         layout: Layout,
         retain_graph: bool,
     ) -> Calls:
         """Fills the output gradients ``[S, *output.shape]`` of the closed-form rules' calls."""
-        needed = [
-            (rule, use)
-            for rule in self._recording.rules
-            if any(id(rule.param(n)) not in fallback for n in rule.names)
-            for use in recorded[id(rule)]
-        ]
         live: Calls = {id(rule): [] for rule in self._recording.rules}
+        self._streamed_parts: dict[int, Tensor] = {}
         # An output modified in place is differentiated at its edge (see _hooks._edge).
-        targets = [t for _, use in needed for t in use.targets()]
-        if not targets:
+        if not plan.targets:
             if not fallback or not any(recorded.values()):
                 raise RuntimeError(
                     "The engine recorded no forward call of its modules with grad enabled. "
@@ -344,20 +391,25 @@ class Engine:
                 )
             return live
         batched = layout.slices > 1
-        if batched:  # one pass per slice where an operation cannot run batched
-            grads = jacobian_rows(
-                roots.tensors,
-                targets,
-                roots.cotangents,
-                retain_graph=retain_graph,
-                chunk_size=None,
-                keep_for_fallback=False,
-            )
-            requested = [(rule, use) for rule, use in needed]
-        else:
-            requested = self._stream(needed, recorded, fallback, targets, layout)
-            targets = [t for _, use in requested for t in use.targets()]
-            try:
+        requested = [(rule, use) for rule, use in plan.needed if id(use) not in plan.consumed]
+        targets = [t for _, use in requested for t in use.targets()]
+        fired: set[int] = set()  # the consumed calls whose hook ran
+        handles = [
+            self._consume_hook(rule, use, layout, fired)
+            for rule, use in plan.needed
+            if id(use) in plan.consumed
+        ]
+        try:
+            if batched:  # one pass per slice where an operation cannot run batched
+                grads = jacobian_rows(
+                    roots.tensors,
+                    targets,
+                    roots.cotangents,
+                    retain_graph=retain_graph,
+                    chunk_size=None,
+                    keep_for_fallback=False,
+                )
+            else:
                 grads = torch.autograd.grad(
                     roots.tensors,
                     targets,
@@ -365,13 +417,12 @@ class Engine:
                     retain_graph=retain_graph,
                     allow_unused=True,
                 )
-            finally:
-                for handle in self._hooks:
-                    handle.remove()
-                self._hooks.clear()
-            for rule, use in needed:
-                if id(use) in self._consumed:
-                    live[id(rule)].append(use)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for rule, use in plan.needed:
+            if id(use) in fired:
+                live[id(rule)].append(use)
         position = 0
         for rule, use in requested:
             own = grads[position : position + len(use.outputs)]
@@ -385,60 +436,28 @@ class Engine:
             live[id(rule)].append(use)
         return live
 
-    def _stream(
-        self,
-        needed: list[tuple[Rule, Use]],
-        recorded: Calls,
-        fallback: dict[int, nn.Parameter],
-        targets: list,
-        layout: Layout,
-    ) -> list[tuple[Rule, Use]]:
-        """Hooks the outputs of the calls whose rule can consume their gradient during the pass
-        (see ``_streaming``) and returns the other calls, whose outputs are requested."""
-        recording = self._recording
-        self._consumed: set[int] = set()
-        self._streamed_parts: dict[int, Tensor] = {}
-        self._hooks = []
-        candidates = [
-            type(rule).consume is not Rule.consume
-            and len(recorded[id(rule)]) == 1
-            and len(use.outputs) == 1
-            and all(recording.is_own(rule, name, fallback) for name in rule.names)
-            for rule, use in needed
-        ]
-        # Processes share factors, not Gramian parts: a distributed engine keeps every gradient.
-        if not any(candidates) or (self.distributed and world_size() > 1):
-            return needed
-        flags = covered(targets)
-        requested, position = [], 0
-        for (rule, use), candidate in zip(needed, candidates, strict=True):
-            if candidate and flags[position]:
-                # On the node that made the output, which sees its gradient as the module
-                # made it even after an in-place operation (see _hooks._edge).
-                edge = as_edge(targets[position])
-                hook = self._consume_hook(rule, use, edge.output_nr, layout)
-                self._hooks.append(edge.node.register_prehook(hook))
-            else:
-                requested.append((rule, use))
-            position += len(use.outputs)
-        return requested
-
     def _consume_hook(
-        self, rule: Rule, use: Use, output_nr: int, layout: Layout
-    ) -> Callable[[tuple], None]:
+        self, rule: Rule, use: Use, layout: Layout, fired: set[int]
+    ) -> RemovableHandle:
+        """A pre-hook on the node that made the call's output (it sees the gradient of the
+        output as the module made it, even after an in-place operation: see _hooks._edge),
+        which hands the gradient to the rule."""
+        edge = as_edge(use.targets()[0])
+
         def hook(grad_outputs: tuple) -> None:
-            grad = grad_outputs[output_nr]
-            if grad is None:
+            grad = grad_outputs[edge.output_nr]
+            # Once per pass: a rule that differentiates its own graph runs this node again.
+            if grad is None or id(use) in fired:
                 return
             use.grads = [_as_output(grad.unsqueeze(0), use.outputs[0])]
-            self._consumed.add(id(use))
+            fired.add(id(use))
             found = rule.consume(use, rule.names, layout)
             if found is not None:
                 self._streamed_parts[id(rule)] = found[0]
                 if found[1]:
                     use.grads = [None]
 
-        return hook
+        return edge.node.register_prehook(hook)
 
     def _grads_from_losses(
         self, roots: _Roots, fallback: dict[int, nn.Parameter], order: Tensor, retain: bool

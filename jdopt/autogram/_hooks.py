@@ -72,7 +72,9 @@ def make_hook(uses: list[Use]) -> Callable:
         # Detached: the Gramian must not hold on to (or extend) the forward graph.
         detached = tuple(t.detach() for t in inputs)
         versions = [t._version for t in (*inputs, *outputs)]
-        uses.append(Use(detached, outputs, versions, edges=[_edge(t) for t in outputs]))
+        edges = [_edge(t) for t in outputs]
+        sources = [t.grad_fn for t in inputs if t.grad_fn is not None]
+        uses.append(Use(detached, outputs, versions, edges=edges, sources=sources))
 
     return torch.compiler.disable(hook) if "torch._dynamo" in sys.modules else hook
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ._checks import graph_references
 from ._hooks import make_hook, parameter_owners, readable
 from ._rules import Rule, Use, make_rule
 from ._rules._methods import Chooser
@@ -79,7 +80,9 @@ class Recording:
     def trainable_changed(self) -> bool:
         return any(param.requires_grad is not flag for param, flag in self._watched)
 
-    def fallback_params(self, calls: Calls, batch: int | None) -> dict[int, nn.Parameter]:
+    def fallback_params(
+        self, calls: Calls, batch: int | None, roots: Sequence[Tensor]
+    ) -> dict[int, nn.Parameter]:
         """Parameters whose per-objective gradients come from the losses: those of fallback
         rules, of rules not exact for these calls (or unable to read them after in-place
         operations, or — per-sample losses of ``batch`` samples — called without the batch on
@@ -92,6 +95,8 @@ class Recording:
                 readable(c, rule.needs_graph) and (batch is None or rule.batched(c, batch))
                 for c in mine
             )
+            if exact and len(mine) == 1:
+                exact = _only_local(rule, mine[0], roots)
             if rule.from_losses or not exact:
                 for name in rule.names:
                     fallback[id(rule.param(name))] = rule.param(name)
@@ -120,3 +125,12 @@ class Recording:
             if called:
                 groups.append(called)
         return groups
+
+
+def _only_local(rule: Rule, use: Use, roots: Sequence[Tensor]) -> bool:
+    """Whether the graph of ``roots`` uses the parameters of a rule that differentiates its
+    call's own part of the graph nowhere but in that part."""
+    local = rule.local_references(use)
+    if local is None:
+        return True
+    return graph_references(roots, set(local)) == {k: n for k, n in local.items() if n}

@@ -42,6 +42,8 @@ class Use:
     grads: list[Tensor | None] = field(default_factory=list)  # [S, *output.shape] each
     cache: dict = field(default_factory=dict)  # what rules derive from the call, computed once
     edges: list[GradientEdge | None] = field(default_factory=list)
+    # The nodes that made the inputs: where the call's own part of the graph ends.
+    sources: list = field(default_factory=list)
 
     def inputs_modified(self) -> bool:
         """Whether an input was modified in place since the call."""
@@ -86,6 +88,7 @@ class Rule(ABC):
 
     # What the engine needs to know about a rule, declared by the rule itself:
     from_losses = False  # True: the engine computes this rule's gradients from the losses
+    closed_form = True  # False: a per-sample backward pass (listed in fallback_parameters)
     # True: the rule reads its calls' outputs or differentiates its module's recorded graph from
     # them, so a call whose output was modified in place afterwards goes to the fallback.
     needs_graph = False
@@ -133,6 +136,14 @@ class Rule(ABC):
         gradient (it kept what :meth:`weighted` needs), so that the engine lets it go at once
         instead of holding every layer's until the pass ends. ``None`` (the default): the rule
         works after the pass."""
+        return None
+
+    def local_references(self, use: Use) -> dict[int, int] | None:
+        """For a rule that differentiates its call's own part of the graph: how many times
+        that part references each covered parameter (``id ↦ count``). The engine compares it
+        with the whole graph's and takes the gradients from the losses when a parameter is
+        also used elsewhere. ``None`` (the default): the rule reads only its inputs and output
+        gradients."""
         return None
 
     def batched(self, use: Use, batch: int) -> bool:

@@ -1,17 +1,18 @@
-"""Modules without a closed-form rule.
+"""Modules without a closed-form rule: exact per-sample gradients by backward passes.
 
-``FallbackRule``: any module with direct parameters. The engine differentiates the losses
-themselves with respect to its parameters, all objectives at once (one backward pass batched
-over the objectives with ``is_grads_batched``). Exact whatever the module does — nested or
-dict outputs, recurrent states, several calls in sequence — and slower than a closed form:
-documented as such.
+``FallbackRule`` (any module with direct parameters) and ``AttentionRule``
+(``nn.MultiheadAttention`` with ``add_bias_kv`` or ``add_zero_attn``) are ``LocalRule``s: each
+objective's output gradient, masked to its sample, is back-propagated through the call's own
+part of the graph only, all objectives at once (``is_grads_batched``) — per-sample gradients
+without touching the rest of the model, as a per-sample backward of the module would give
+them. With per-sample losses ``[B]`` this happens during the engine's backward pass
+(``consume``), before that pass frees the call's graph; otherwise after it, on the graph the
+engine keeps. The per-objective gradients are kept for the weighted gradient.
 
-``AttentionRule``: ``nn.MultiheadAttention``. Each objective's output gradient, masked to its
-sample, is back-propagated through the module's own recorded graph only, all objectives at
-once: per-sample gradients without touching the rest of the model. Used for a single call per
-step; several calls go to the exact fallback (a call's graph would include the earlier ones),
-and so does a call whose output was modified in place (the graph is differentiated from the
-output: ``needs_graph``).
+Where that is not exact, the engine differentiates the losses themselves instead (one
+backward pass batched over the objectives): several calls in one step (a call's graph would
+include the earlier ones), an output modified in place, outputs without the batch first, or a
+parameter that the graph also uses outside the call (``local_references``).
 """
 
 from __future__ import annotations
@@ -21,28 +22,45 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..._rows import jacobian_rows
 from .._layout import Layout
 from ._base import Rule, Use
 
 
-class FallbackRule(Rule):
-    """Per-objective gradients come from the losses (computed by the engine)."""
+class LocalRule(Rule):
+    """Per-objective gradients from the call's own part of the graph (module docstring)."""
 
-    from_losses = True
-
-    def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
-        raise RuntimeError("The engine computes the fallback's gradients from the losses.")
-
-
-class AttentionRule(Rule):
     needs_graph = True
-
-    def __init__(self, module: nn.MultiheadAttention, names: Sequence[str]) -> None:
-        super().__init__(module, names)
-        self.batch_axis = 0 if module.batch_first else 1
+    closed_form = False
 
     def exact_for(self, uses: Sequence[Use]) -> bool:
         return len(uses) == 1
+
+    def local_references(self, use: Use) -> dict[int, int]:
+        keys = {id(self.param(name)) for name in self.names}
+        counts = dict.fromkeys(keys, 0)
+        stop = set(use.sources)
+        stack = [t.grad_fn for t in use.outputs if t.grad_fn is not None]
+        seen: set = set()
+        while stack:
+            node = stack.pop()
+            if node in seen or node in stop:
+                continue
+            seen.add(node)
+            for child, _ in node.next_functions:
+                variable = None if child is None else getattr(child, "variable", None)
+                if variable is not None:
+                    if id(variable) in keys:
+                        counts[id(variable)] += 1
+                elif child is not None:
+                    stack.append(child)
+        return counts
+
+    def graph_references(self, uses: Sequence[Use], name: str) -> int:
+        return sum(self.local_references(use)[id(self.param(name))] for use in uses)
+
+    def consume(self, use: Use, names: Sequence[str], layout: Layout) -> tuple[Tensor, bool] | None:
+        return self.gramian([use], names, layout), True
 
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
         return self._per_objective(uses, layout)[name]
@@ -52,22 +70,32 @@ class AttentionRule(Rule):
         flat = torch.cat([grads[name] for name in names], dim=1)
         return flat @ flat.T
 
+    def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
+        grads = self._per_objective(uses, layout)
+        return {
+            name: (weights.to(grads[name].dtype) @ grads[name]).reshape(self.param(name).shape)
+            for name in self.names
+        }
+
     def _per_objective(self, uses: Sequence[Use], layout: Layout) -> dict[str, Tensor]:
+        """``name ↦ [R, numel]``, computed once per call and kept."""
         (use,) = uses
+        if "local_grads" in use.cache:
+            return use.cache["local_grads"]
         params = [self.param(name) for name in self.names]
         outputs, cotangents = self._cotangents(use, layout)
-        grads = torch.autograd.grad(
-            outputs, params, cotangents, retain_graph=True, allow_unused=True, is_grads_batched=True
-        )
+        # Batched over the objectives; one pass per objective where an operation cannot be.
+        grads = jacobian_rows(outputs, params, cotangents, retain_graph=True, chunk_size=None)
         r = cotangents[0].shape[0]
-        return {
+        use.cache["local_grads"] = {
             name: param.new_zeros(r, param.numel()) if g is None else g.reshape(r, -1)
             for name, param, g in zip(self.names, params, grads, strict=True)
         }
+        return use.cache["local_grads"]
 
     def _axis(self, output_index: int) -> int:
-        # Output 0 is the attention output; output 1 the attention weights, batch first.
-        return self.batch_axis if output_index == 0 else 0
+        """The batch's axis in output ``output_index``."""
+        return self.batch_axis
 
     def _cotangents(self, use: Use, layout: Layout) -> tuple[list[Tensor], list[Tensor]]:
         """Each output's gradient split into one masked copy per objective: ``[R, *shape]``."""
@@ -86,23 +114,21 @@ class AttentionRule(Rule):
             cotangents.append(grad)
         return outputs, cotangents
 
-    def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
-        (use,) = uses
-        params = [self.param(name) for name in self.names]
-        outputs, cotangents = [], []
-        for index, (output, grad) in enumerate(zip(use.outputs, use.grads, strict=True)):
-            if grad is None:
-                continue
-            w = weights.reshape(grad.shape[0], -1).to(grad.dtype)  # [S, B']
-            if layout.per_sample:
-                shape = [w.shape[0]] + [1] * (grad.ndim - 1)
-                shape[1 + self._axis(index)] = w.shape[1]
-                cotangent = (grad * w.reshape(shape)).sum(dim=0)
-            else:
-                cotangent = torch.einsum("s,s...->...", w[:, 0], grad)
-            outputs.append(output)
-            cotangents.append(cotangent)
-        grads = torch.autograd.grad(
-            outputs, params, cotangents, retain_graph=True, allow_unused=True
-        )
-        return {n: g for n, g in zip(self.names, grads, strict=True) if g is not None}
+
+class FallbackRule(LocalRule):
+    """Any module with direct parameters: outputs with the batch first."""
+
+    def batched(self, use: Use, batch: int) -> bool:
+        return all(t.ndim > 0 and t.shape[0] == batch for t in use.outputs)
+
+
+class AttentionRule(LocalRule):
+    """``nn.MultiheadAttention`` with ``add_bias_kv`` or ``add_zero_attn``."""
+
+    def __init__(self, module: nn.MultiheadAttention, names: Sequence[str]) -> None:
+        super().__init__(module, names)
+        self.batch_axis = 0 if module.batch_first else 1
+
+    def _axis(self, output_index: int) -> int:
+        # Output 0 is the attention output; output 1 the attention weights, batch first.
+        return self.batch_axis if output_index == 0 else 0

@@ -563,3 +563,51 @@ def test_accumulate_grads_twice_after_one_gramian() -> None:
     engine.accumulate_grads(torch.ones_like(losses))
     with pytest.raises(RuntimeError, match="compute_gramian"):
         engine.accumulate_grads(torch.ones_like(losses))
+
+
+class _Gate(nn.Module):
+    """A custom layer (no closed form) using its weight twice: ``x ⊙ w + tanh(x) ⊙ w²``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, 3, dtype=_F64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weight + torch.tanh(x) * self.weight**2
+
+
+@pytest.mark.parametrize("elsewhere", ["nowhere", "in_the_losses", "below"])
+@pytest.mark.parametrize("retain_graph", [True, False])
+def test_a_layer_without_closed_form_is_exact_wherever_its_weight_is_used(
+    elsewhere: str, retain_graph: bool
+) -> None:
+    """A layer without a closed form gets its per-sample gradients from its own part of the
+    graph when its weight is used nowhere else, and from the losses otherwise (a penalty in
+    the losses, the weight reused below the layer): exact either way, with or without the
+    graph kept, and listed in ``fallback_parameters``."""
+    torch.manual_seed(0)
+    first, gate, last = nn.Linear(2, 3).to(_F64), _Gate(), nn.Linear(3, 2).to(_F64)
+    model = nn.ModuleList([first, gate, last])
+    engine = Engine(model, batch_dim=0)
+
+    def losses_of(x: Tensor) -> Tensor:
+        h = first(x)
+        if elsewhere == "below":
+            h = h * gate.weight
+        losses = (last(gate(torch.sin(h))) ** 2).sum(dim=1)
+        if elsewhere == "in_the_losses":
+            losses = losses + (x[:, 0] * gate.weight.sum()) ** 2
+        return losses
+
+    x = torch.randn(4, 2, dtype=_F64, generator=torch.Generator().manual_seed(1))
+    engine.compute_gramian(losses_of(x))  # the first Gramian is checked (graph kept for it)
+    losses = losses_of(x)
+    params = trainable_parameters(model)
+    weights = torch.rand(4, dtype=_F64, generator=torch.Generator().manual_seed(2))
+    expected_gramian = reference_gramian(losses, params)
+    expected = reference_weighted_gradient(losses, weights, params)
+    gramian = engine.compute_gramian(losses, retain_graph=retain_graph)
+    assert relative_error(gramian, expected_gramian) <= TOLERANCE
+    assert {id(p) for p in engine.fallback_parameters} == {id(gate.weight)}
+    engine.accumulate_grads(weights)
+    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
