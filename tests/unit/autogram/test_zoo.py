@@ -100,3 +100,28 @@ def test_an_unknown_method_is_refused() -> None:
     with pytest.raises(ValueError, match="'auto'") as info:
         Engine(model, batch_dim=0, method="fastest")
     assert "'fastest'" in str(info.value) and "'inner'" in str(info.value)
+
+
+@_ARCHITECTURES
+@_SETTINGS
+def test_a_later_gramian_without_the_graph_kept_matches_reference(
+    arch: Architecture, setting: Setting
+) -> None:
+    """After the first (checked) Gramian, ``retain_graph=False`` frees the graph during the
+    engine's pass: the layers that finish their work during that pass, and those that
+    differentiate their own part of the graph, must still be exact."""
+    model, inputs = arch.make()
+    engine = Engine(model, batch_dim=setting.batch_dim)
+    engine.compute_gramian(setting.losses(arch.outputs(model, inputs)))
+    engine.clear()
+    losses = setting.losses(arch.outputs(model, inputs))
+    params = trainable_parameters(model)
+    weights = torch.rand(
+        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(3)
+    )
+    expected_gramian = reference_gramian(losses, params)
+    expected = reference_weighted_gradient(losses, weights, params)
+    gramian = engine.compute_gramian(losses, retain_graph=False)
+    assert relative_error(gramian, expected_gramian) <= TOLERANCE
+    engine.accumulate_grads(weights)
+    assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
