@@ -113,7 +113,6 @@ class Engine:
         self.modules = list(modules)
         self._recording = Recording(modules, Chooser(method))
         self._last: Step | None = None
-        self._streamed_parts: dict[int, Tensor] = {}  # id(rule) ↦ its part, made in the pass
         self._fallback: frozenset[int] = frozenset()  # of the last Gramian
         self._plans: dict[tuple, tuple[Layout, Tensor, Tensor]] = {}
         # The first Gramian is checked against one ordinary backward pass (see
@@ -273,7 +272,7 @@ class Engine:
         # where the pass runs through that call.
         keep = retain_graph or plan.graph_needed
         retain = keep or bool(fallback)  # the fallback differentiates the losses again
-        uses = self._backward_to_outputs(roots, plan, recorded, fallback, layout, retain)
+        uses, parts = self._backward_to_outputs(roots, plan, recorded, fallback, layout, retain)
         # Every time: a tie or a penalty term can appear at any step.
         check_untracked_uses(roots.tensors, recording.rules, uses, fallback)
         from_losses = self._grads_from_losses(roots, fallback, order, keep)
@@ -283,7 +282,7 @@ class Engine:
                 "Gramian. Compute the losses with the hooked modules."
             )
         step = Step(layout, uses, order, roots.shape, from_losses, frozenset(fallback))
-        step.parts = self._streamed_parts
+        step.parts = parts
         if self.distributed and world_size() > 1:
             gramian = global_gramian(recording, step, self.batch_dim)
             shape = step.global_shape
@@ -375,10 +374,12 @@ class Engine:
         fallback: dict[int, nn.Parameter],
         layout: Layout,
         retain_graph: bool,
-    ) -> Calls:
-        """Fills the output gradients ``[S, *output.shape]`` of the closed-form rules' calls."""
+    ) -> tuple[Calls, dict[int, Tensor]]:
+        """Fills the output gradients ``[S, *output.shape]`` of the closed-form rules' calls;
+        returns the calls the pass reached and the Gramian parts that rules made during it
+        (``id(rule) ↦ part``)."""
         live: Calls = {id(rule): [] for rule in self._recording.rules}
-        self._streamed_parts: dict[int, Tensor] = {}
+        parts: dict[int, Tensor] = {}
         # An output modified in place is differentiated at its edge (see _hooks._edge).
         if not plan.targets:
             if not fallback or not any(recorded.values()):
@@ -389,13 +390,13 @@ class Engine:
                     "existed runs code without its hooks: create the engine before the first "
                     "call, or call torch._dynamo.reset() after creating it."
                 )
-            return live
+            return live, parts
         batched = layout.slices > 1
         requested = [(rule, use) for rule, use in plan.needed if id(use) not in plan.consumed]
         targets = [t for _, use in requested for t in use.targets()]
         fired: set[int] = set()  # the consumed calls whose hook ran
         handles = [
-            self._consume_hook(rule, use, layout, fired)
+            self._consume_hook(rule, use, layout, fired, parts)
             for rule, use in plan.needed
             if id(use) in plan.consumed
         ]
@@ -434,10 +435,11 @@ class Engine:
                 for g, output in zip(own, use.outputs, strict=True)
             ]
             live[id(rule)].append(use)
-        return live
+        return live, parts
 
+    @staticmethod
     def _consume_hook(
-        self, rule: Rule, use: Use, layout: Layout, fired: set[int]
+        rule: Rule, use: Use, layout: Layout, fired: set[int], parts: dict[int, Tensor]
     ) -> RemovableHandle:
         """A pre-hook on the node that made the call's output (it sees the gradient of the
         output as the module made it, even after an in-place operation: see _hooks._edge),
@@ -453,7 +455,7 @@ class Engine:
             fired.add(id(use))
             found = rule.consume(use, rule.names, layout)
             if found is not None:
-                self._streamed_parts[id(rule)] = found[0]
+                parts[id(rule)] = found[0]
                 if found[1]:
                     use.grads = [None]
 
