@@ -115,6 +115,18 @@ class LocalRule(Rule):
         return outputs, cotangents
 
 
+class LossesRule(Rule):
+    """Per-objective gradients from the losses, always: for modules whose outputs do not all
+    have the batch first (a recurrent layer's final states are ``[layers, B, H]``), which the
+    local pass could not split per sample."""
+
+    from_losses = True
+    closed_form = False
+
+    def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
+        raise RuntimeError("The engine computes these gradients from the losses.")
+
+
 class FallbackRule(LocalRule):
     """Any module with direct parameters: outputs with the batch first."""
 

@@ -36,6 +36,7 @@ from ._factors import (
     weighted_dy,
     weighted_factors,
 )
+from ._fallback import LossesRule
 from ._recurrence import Direction, backward, forward
 
 _MODES = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM")
@@ -223,14 +224,15 @@ def _rows(inputs: Tensor, grads: Tensor, layout: Layout) -> tuple[Tensor, Tensor
     return x.reshape(x.shape[0], -1, x.shape[-1]), dy.reshape(*dy.shape[:2], -1, dy.shape[-1])
 
 
-def make_recurrent_rule(module: nn.RNNBase, names: Sequence[str]) -> Rule | None:
-    """The closed form, or ``None`` (the fallback) for LSTM projections or unknown parameters."""
+def make_recurrent_rule(module: nn.RNNBase, names: Sequence[str]) -> Rule:
+    """The closed form, or the losses' fallback for LSTM projections or unknown parameters
+    (the final states have the batch second: the local fallback cannot split them)."""
     if getattr(module, "proj_size", 0) > 0 or module.mode not in _MODES:
-        return None
+        return LossesRule(module, names)
     directions = ["", "_reverse"] if module.bidirectional else [""]
     parts = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if module.bias else [])
     expected = {
         f"{p}_l{layer}{d}" for p in parts for layer in range(module.num_layers) for d in directions
     }
     direct = {name for name, param in module._parameters.items() if param is not None}
-    return RecurrentRule(module, names) if direct == expected else None
+    return RecurrentRule(module, names) if direct == expected else LossesRule(module, names)
