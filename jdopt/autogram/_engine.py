@@ -86,8 +86,10 @@ class Engine:
             and output gradients: Linear, convolution, attention and recurrent weights),
             ``"per_sample"`` (per-sample gradients, materialised: a Linear's batched product,
             a convolution's unfolded patches), ``"grouped"`` (a convolution's per-sample
-            gradients as one grouped weight gradient) or ``"looped"`` (a convolution's, one
-            weight gradient per sample). Every way is exact; they differ in speed and memory.
+            gradients as one grouped weight gradient), ``"looped"`` (a convolution's, one
+            weight gradient per sample) or ``"pairs"`` (an Embedding's inner products over
+            the positions with equal indices only). Every way is exact; they differ in speed
+            and memory.
 
     Example:
         >>> from torch import nn

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..._linalg import product_with_transpose
 from .._layout import Layout
 from ._base import Rule, Use
 
@@ -40,15 +41,25 @@ class EmbeddingRule(Rule):
         idx, dy = self.factors(uses, layout)
         s, b, t, d = dy.shape
         r = s * b
-        vocabulary = self.module.num_embeddings
-        if r * vocabulary * d + r * r * vocabulary * d < (r * t) ** 2 * d:
-            grads = self._scatter(idx, dy)
-            return grads @ grads.T
+        # Three exact ways (measured, see _methods): per-sample gradients scattered over the
+        # vocabulary, products of every pair of positions masked by equal indices, or
+        # products of the pairs of positions with equal indices only.
+        methods = {
+            "inner": lambda: self._dense_gramian(idx, dy),
+            "pairs": lambda: _pairs(idx, dy, self.module.padding_idx),
+        }
+        if r * self.module.num_embeddings * d <= (r * t) ** 2:  # no bigger than the kernel
+            methods["per_sample"] = lambda: product_with_transpose(self._scatter(idx, dy))
+        key = ("embedding", tuple(idx.shape), tuple(dy.shape), self.module.num_embeddings)
+        return self.choose(key, dy.device, methods)
+
+    def _dense_gramian(self, idx: Tensor, dy: Tensor) -> Tensor:
+        s, b, t, d = dy.shape
         flat_idx = idx.reshape(-1)
         same = (flat_idx.unsqueeze(0) == flat_idx.unsqueeze(1)).to(dy.dtype).reshape(b, t, b, t)
-        flat = dy.reshape(r * t, d)
+        flat = dy.reshape(s * b * t, d)
         kd = (flat @ flat.T).reshape(s, b, t, s, b, t)
-        return torch.einsum("sbtucv,btcv->sbuc", kd, same).reshape(r, r)
+        return torch.einsum("sbtucv,btcv->sbuc", kd, same).reshape(s * b, s * b)
 
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
         return self._scatter(*self.factors(uses, layout))
@@ -77,3 +88,26 @@ def make_embedding_rule(module: nn.Embedding, names: Sequence[str]) -> Rule | No
     if module.max_norm is not None or module.scale_grad_by_freq:
         return None
     return EmbeddingRule(module, names)
+
+
+def _pairs(idx: Tensor, dy: Tensor, padding_idx: int | None) -> Tensor:
+    """The Gramian from the pairs of positions whose indices are equal only (their number is
+    about ``(B·T)²/V`` for ``V`` equally used rows, instead of ``(B·T)²``; positions at
+    ``padding_idx`` have no gradient and make none), a chunk of at most ``B·T`` pairs at a
+    time."""
+    s, b, t, d = dy.shape
+    flat_idx = idx.reshape(-1)
+    positions = torch.arange(b * t, device=idx.device)
+    if padding_idx is not None:
+        positions = positions[flat_idx != padding_idx]
+    kept = flat_idx[positions]
+    first, second = (kept.unsqueeze(0) == kept.unsqueeze(1)).nonzero(as_tuple=True)
+    first, second = positions[first], positions[second]
+    flat = dy.reshape(s, b * t, d)
+    gramian = dy.new_zeros(s, s, b * b)
+    cells = (first // t) * b + second // t  # the (row, row) cell of each pair
+    for start in range(0, len(first), b * t):
+        part = slice(start, start + b * t)
+        products = torch.einsum("skd,ukd->suk", flat[:, first[part]], flat[:, second[part]])
+        gramian.index_add_(2, cells[part], products)
+    return gramian.reshape(s, s, b, b).permute(0, 2, 1, 3).reshape(s * b, s * b)

@@ -15,7 +15,8 @@ Method names (an engine's ``method`` forces one wherever a rule offers it):
 - ``"per_sample"``: materialised per-objective gradients (a Linear's batched product, a
   convolution's unfolded patches);
 - ``"grouped"``: a convolution's per-objective gradients as one grouped weight gradient;
-- ``"looped"``: a convolution's per-objective gradients, one weight gradient per row.
+- ``"looped"``: a convolution's per-objective gradients, one weight gradient per row;
+- ``"pairs"``: an Embedding's inner products over the pairs of positions with equal indices.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 T = TypeVar("T")
 
 AUTO = "auto"
-METHODS = ("inner", "per_sample", "grouped", "looped")
+METHODS = ("inner", "per_sample", "grouped", "looped", "pairs")
 
 # (key, offered methods, device, threads) ↦ the fastest method measured there.
 _FASTEST: dict[Hashable, str] = {}

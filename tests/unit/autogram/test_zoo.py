@@ -85,7 +85,7 @@ def test_accumulate_grads_adds_to_existing_grads(arch: Architecture) -> None:
     assert relative_error(flat(accumulated_grads(params)), flat(expected)) <= TOLERANCE
 
 
-@pytest.mark.parametrize("method", ["inner", "per_sample", "grouped", "looped"])
+@pytest.mark.parametrize("method", ["inner", "per_sample", "grouped", "looped", "pairs"])
 @_ARCHITECTURES
 def test_every_forced_method_is_exact(method: str, arch: Architecture) -> None:
     """``Engine(method=...)`` forces one way wherever a layer offers it: each is exact."""
