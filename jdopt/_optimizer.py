@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,17 @@ COMPILED_HINT = (
     "Create JDOptimizer before the model's first call, or call torch._dynamo.reset() after "
     "creating it."
 )
+
+
+class _TaskStep(NamedTuple):
+    """A multi-task step: the task losses, the features, the trunk's (shared) and the heads'
+    parameters, and the tasks' losses as given."""
+
+    losses: Tensor
+    features: list[Tensor]
+    shared: list[Tensor]
+    heads: list[Tensor]
+    tasks: list[Tensor] | None
 
 
 class JDOptimizer(DelegatingOptimizer):
@@ -326,13 +337,10 @@ class JDOptimizer(DelegatingOptimizer):
         upstream = {id(t) for t in reached_leaves(features)}
         shared = [p for p in params if id(p) in upstream]
         heads = [p for p in params if id(p) not in upstream]
+        step = _TaskStep(losses, features, shared, heads, tasks)
         ways = {
-            "autogram-mtl": lambda: self._backward_mtl_autogram(
-                losses, features, shared, heads, tasks
-            ),
-            "autojac-mtl": lambda: self._backward_mtl_autojac(
-                losses, features, shared, heads, tasks
-            ),
+            "autogram-mtl": lambda: self._backward_mtl_autogram(step),
+            "autojac-mtl": lambda: self._backward_mtl_autojac(step),
         }
         if not self._mtl_on_engine(shared):
             ways["autojac-mtl"]()
@@ -348,15 +356,9 @@ class JDOptimizer(DelegatingOptimizer):
             if self._mtl_race.run(way, lambda way=way: ways[way]() or None, device):
                 return
 
-    def _backward_mtl_autojac(
-        self,
-        losses: Tensor,
-        features: list[Tensor],
-        shared: list[Tensor],
-        heads: list[Tensor],
-        tasks: list[Tensor] | None,
-    ) -> bool:
+    def _backward_mtl_autojac(self, step: _TaskStep) -> bool:
         """A multi-task step on the full Jacobian of the tasks over the trunk."""
+        losses, features, shared, heads, tasks = step
         if self._gramian_engine is not None:  # not used this step: drop what it recorded
             self._gramian_engine.clear()
         blocks, used, head_grads = compute_mtl_jacobian(
@@ -382,16 +384,10 @@ class JDOptimizer(DelegatingOptimizer):
         """Whether the Gramian engine's saved factors give the gradients of all ``params``."""
         return all(id(p) in self._covered for p in params)
 
-    def _backward_mtl_autogram(
-        self,
-        losses: Tensor,
-        features: list[Tensor],
-        shared: list[Tensor],
-        heads: list[Tensor],
-        tasks: list[Tensor] | None,
-    ) -> bool:
+    def _backward_mtl_autogram(self, step: _TaskStep) -> bool:
         """A multi-task step with the trunk on the Gramian engine; ``False`` when it does not
         apply (a shared parameter reaches the losses around the features)."""
+        losses, features, shared, heads, tasks = step
         found = feature_cotangents(losses, features, shared, heads, self.parallel_chunk_size, tasks)
         if found is None:
             return False
