@@ -81,9 +81,11 @@ class Engine:
         method: how a layer with several exact ways of computing its part of the Gramian
             picks one. ``"auto"`` (default) measures them the first time it meets a shape and
             keeps the fastest for that shape, dtype, device and thread count (like
-            ``torch.backends.cudnn.benchmark``: the first step is slower). A name forces that
-            way wherever a layer offers it: ``"inner"`` (inner products of the layer's inputs
-            and output gradients: Linear, convolution, attention and recurrent weights),
+            ``torch.backends.cudnn.benchmark``: the first step is slower, and so is the first
+            step at each new shape: pad variable lengths to a few, or force a way). A name
+            forces that way wherever a layer offers it: ``"inner"`` (inner products of the
+            layer's inputs and output gradients: Linear, convolution, attention and recurrent
+            weights),
             ``"per_sample"`` (per-sample gradients, materialised: a Linear's batched product,
             a convolution's unfolded patches), ``"grouped"`` (a convolution's per-sample
             gradients as one grouped weight gradient), ``"looped"`` (a convolution's, one
