@@ -89,15 +89,24 @@ class Recording:
         their batch axis: ``pos(arange(T))``, a sequence-first layer), and those tied to
         either."""
         fallback: dict[int, nn.Parameter] = {}
+        exact = {}
+        local: dict[int, dict[int, int]] = {}  # id(rule) ↦ its call's own references
         for rule in self.rules:
             mine = calls[id(rule)]
-            exact = rule.exact_for(mine) and all(
+            exact[id(rule)] = rule.exact_for(mine) and all(
                 readable(c, rule.needs_graph) and (batch is None or rule.batched(c, batch))
                 for c in mine
             )
-            if exact and len(mine) == 1:
-                exact = _only_local(rule, mine[0], roots)
-            if rule.from_losses or not exact:
+            found = rule.local_references(mine[0]) if exact[id(rule)] and len(mine) == 1 else None
+            if found is not None:
+                local[id(rule)] = found
+        if local:  # a rule that differentiates its own graph: is the parameter used elsewhere?
+            keys = {key for counts in local.values() for key in counts}
+            everywhere = graph_references(roots, keys)
+            for key, counts in local.items():
+                exact[key] = all(everywhere.get(k, 0) == n for k, n in counts.items())
+        for rule in self.rules:
+            if rule.from_losses or not exact[id(rule)]:
                 for name in rule.names:
                     fallback[id(rule.param(name))] = rule.param(name)
         return fallback
@@ -125,12 +134,3 @@ class Recording:
             if called:
                 groups.append(called)
         return groups
-
-
-def _only_local(rule: Rule, use: Use, roots: Sequence[Tensor]) -> bool:
-    """Whether the graph of ``roots`` uses the parameters of a rule that differentiates its
-    call's own part of the graph nowhere but in that part."""
-    local = rule.local_references(use)
-    if local is None:
-        return True
-    return graph_references(roots, set(local)) == {k: n for k, n in local.items() if n}

@@ -37,6 +37,11 @@ class LocalRule(Rule):
         return len(uses) == 1
 
     def local_references(self, use: Use) -> dict[int, int]:
+        if "local_references" not in use.cache:  # asked for twice a step: walked once
+            use.cache["local_references"] = self._walk(use)
+        return use.cache["local_references"]
+
+    def _walk(self, use: Use) -> dict[int, int]:
         keys = {id(self.param(name)) for name in self.names}
         counts = dict.fromkeys(keys, 0)
         stop = set(use.sources)
