@@ -44,6 +44,9 @@ class Use:
     edges: list[GradientEdge | None] = field(default_factory=list)
     # The nodes that made the inputs: where the call's own part of the graph ends.
     sources: list = field(default_factory=list)
+    # On the first call of a step: per-objective gradients ``[R, numel]`` of a parameter over
+    # all the step's calls, kept by the rule when it made them (``weighted`` uses them).
+    kept: dict[str, Tensor] = field(default_factory=dict)
 
     def inputs_modified(self) -> bool:
         """Whether an input was modified in place since the call."""
@@ -177,7 +180,9 @@ class Rule(ABC):
 
     def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
         """``Σ_r weights[r] · gradient_r`` for every covered parameter. ``weights``: ``[R]``."""
-        return {
-            name: (weights @ self.per_objective(uses, name, layout)).reshape(self.param(name).shape)
-            for name in self.names
-        }
+        grads = {}
+        for name in self.names:
+            found = uses[0].kept.get(name)
+            found = self.per_objective(uses, name, layout) if found is None else found
+            grads[name] = (weights.to(found.dtype) @ found).reshape(self.param(name).shape)
+        return grads

@@ -31,8 +31,6 @@ class ConvRule(Rule):
     forward pass.
     """
 
-    _KEPT = "conv_grads"
-    _BIAS = "conv_bias_grads"
     gatherable = True
     computes_with = frozenset({"weight", "bias"})
 
@@ -80,7 +78,7 @@ class ConvRule(Rule):
             total, grads = self._weight_gramian(uses, layout)
             dy_size = sum(self._prepared(use, layout)[2].numel() for use in uses)
             if grads is not None and grads.numel() <= dy_size:
-                uses[0].cache[self._KEPT] = grads
+                uses[0].kept["weight"] = grads
         if "bias" in names:
             sums = self._bias_grads(uses, layout)
             part = sums @ sums.T
@@ -89,20 +87,18 @@ class ConvRule(Rule):
 
     def consume(self, use: Use, names: Sequence[str], layout: Layout) -> tuple[Tensor, bool] | None:
         part = self.gramian([use], names, layout)
-        done = "weight" not in self.names or self._KEPT in use.cache
+        done = "weight" not in self.names or "weight" in use.kept
         if done:  # the weighted gradient comes from kept per-objective gradients
             if "bias" in self.names:
-                use.cache[self._BIAS] = self._bias_grads([use], layout)
+                use.kept["bias"] = self._bias_grads([use], layout)
             del use.cache["conv"]
         return part, done
 
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
+        if name in uses[0].kept:
+            return uses[0].kept[name]
         if name == "bias":
-            if self._BIAS in uses[0].cache:
-                return uses[0].cache[self._BIAS]
             return self._bias_grads(uses, layout)
-        if self._KEPT in uses[0].cache:
-            return uses[0].cache[self._KEPT]
         methods = {
             method: (lambda grads=grads: self._summed(uses, layout, grads))
             for method, grads in self._materialising().items()
@@ -111,14 +107,12 @@ class ConvRule(Rule):
 
     def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
         m = self.module
-        cache = uses[0].cache
-        grads: dict[str, Tensor] = {}
         # From kept per-objective gradients where there are some, else from the factors.
-        if "weight" in self.names and self._KEPT in cache:
-            kept = cache[self._KEPT]
-            grads["weight"] = (weights.to(kept.dtype) @ kept).reshape(m.weight.shape)
-        if "bias" in self.names and self._BIAS in cache:
-            grads["bias"] = weights.to(cache[self._BIAS].dtype) @ cache[self._BIAS]
+        grads = {
+            name: (weights.to(kept.dtype) @ kept).reshape(self.param(name).shape)
+            for name, kept in uses[0].kept.items()
+            if name in self.names
+        }
         missing = [name for name in self.names if name not in grads]
         for use in uses if missing else []:
             x, padding, dy = self._prepared(use, layout)

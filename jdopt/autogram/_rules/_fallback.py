@@ -75,28 +75,23 @@ class LocalRule(Rule):
         flat = torch.cat([grads[name] for name in names], dim=1)
         return flat @ flat.T
 
-    def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
-        grads = self._per_objective(uses, layout)
-        return {
-            name: (weights.to(grads[name].dtype) @ grads[name]).reshape(self.param(name).shape)
-            for name in self.names
-        }
-
     def _per_objective(self, uses: Sequence[Use], layout: Layout) -> dict[str, Tensor]:
         """``name ↦ [R, numel]``, computed once per call and kept."""
         (use,) = uses
-        if "local_grads" in use.cache:
-            return use.cache["local_grads"]
+        if all(name in use.kept for name in self.names):
+            return use.kept
         params = [self.param(name) for name in self.names]
         outputs, cotangents = self._cotangents(use, layout)
         # Batched over the objectives; one pass per objective where an operation cannot be.
         grads = jacobian_rows(outputs, params, cotangents, retain_graph=True, chunk_size=None)
         r = cotangents[0].shape[0]
-        use.cache["local_grads"] = {
-            name: param.new_zeros(r, param.numel()) if g is None else g.reshape(r, -1)
-            for name, param, g in zip(self.names, params, grads, strict=True)
-        }
-        return use.cache["local_grads"]
+        use.kept.update(
+            {
+                name: param.new_zeros(r, param.numel()) if g is None else g.reshape(r, -1)
+                for name, param, g in zip(self.names, params, grads, strict=True)
+            }
+        )
+        return use.kept
 
     def _axis(self, output_index: int) -> int:
         """The batch's axis in output ``output_index``."""

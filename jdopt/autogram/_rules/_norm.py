@@ -21,13 +21,12 @@ class NormRule(Rule):
 
     def consume(self, use: Use, names: Sequence[str], layout: Layout) -> tuple[Tensor, bool] | None:
         # Per-objective gradients are one vector per sample: keep them, not the output gradient.
-        kept = {name: self.per_objective([use], name, layout) for name in self.names}
-        use.cache["norm_grads"] = kept
-        return sum(kept[name] @ kept[name].T for name in names), True
+        use.kept.update({name: self.per_objective([use], name, layout) for name in self.names})
+        return sum(use.kept[name] @ use.kept[name].T for name in names), True
 
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
-        if len(uses) == 1 and "norm_grads" in uses[0].cache:
-            return uses[0].cache["norm_grads"][name]
+        if name in uses[0].kept:
+            return uses[0].kept[name]
         total = None
         for use in uses:
             grads = self._use_grads(use, name, layout)
@@ -48,14 +47,6 @@ class NormRule(Rule):
     def reduce(self, grads: Tensor) -> Tensor:
         """``[R, N, *shape]`` → ``[R, numel]``: sum over everything but the parameter's axes."""
         raise NotImplementedError
-
-    def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
-        return {
-            name: (
-                weights.to(self.param(name).dtype) @ self.per_objective(uses, name, layout)
-            ).reshape(self.param(name).shape)
-            for name in self.names
-        }
 
 
 class LayerNormRule(NormRule):

@@ -74,7 +74,7 @@ class RecurrentRule(Rule):
             if weight and dy.shape[2] > 1:
                 part, grads = weight_gramian(x, dy, self.choose)
                 if grads is not None:  # kept for `weighted`: far cheaper than (w ⊙ dY)ᵀ X
-                    uses[0].cache.setdefault("recurrent_grads", {})[f"weight_{key}"] = grads
+                    uses[0].kept[f"weight_{key}"] = grads
                 if bias:
                     sums = position_sums(dy)
                     part = part + sums @ sums.T
@@ -91,7 +91,7 @@ class RecurrentRule(Rule):
 
     def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
         grads = {}
-        materialised = uses[0].cache.get("recurrent_grads", {})
+        materialised = uses[0].kept
         for key, (x, dy) in self._factors(uses, layout).items():
             w = weights.reshape(dy.shape[:2]).to(dy.dtype)
             combined = weighted_dy(dy, w)
@@ -107,7 +107,7 @@ class RecurrentRule(Rule):
     def _weight_grads(self, uses: Sequence[Use], key: str, layout: Layout) -> Tensor:
         """The per-objective gradients ``[R, o·i]`` of ``weight_{key}``, kept for ``weighted``
         once materialised (their size is what the Gramian's cost model traded for time)."""
-        kept = uses[0].cache.setdefault("recurrent_grads", {})
+        kept = uses[0].kept
         name = f"weight_{key}"
         if name not in kept:
             kept[name] = per_objective_factors(*self._factors(uses, layout)[key])
