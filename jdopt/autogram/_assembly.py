@@ -11,6 +11,7 @@ from torch import Tensor
 from ..distributed._collectives import rank, world_size
 from ._distributed import batch_sizes, combine_rows, gathered_uses
 from ._layout import Layout
+from ._objectives import Plans, generalize
 from ._recording import Calls, Recording
 from ._rules import Rule
 
@@ -32,6 +33,19 @@ class Step:
 
 
 Rows = Callable[[Rule, list[str]], Tensor]  # per-objective gradients [R, Σ numel] of names
+
+
+def gramian_of(recording: Recording, step: Step, plans: Plans, root: Tensor, alone: bool) -> Tensor:
+    """The step's Gramian in the losses' shape ``[*S, *reversed(S)]``: of this process's losses
+    when ``alone``, else of every process's (``plans`` give their order; ``root``: one of the
+    tensors differentiated, for the dtype and device)."""
+    if alone:
+        return generalize(
+            local_gramian(recording, step), step.shape, step.order, step.layout, plans.batch_dim
+        )
+    gramian = global_gramian(recording, step, plans.batch_dim)
+    order = plans(step.global_shape, root.dtype, root.device).order
+    return generalize(gramian, step.global_shape, order, step.layout, plans.batch_dim)
 
 
 def local_gramian(recording: Recording, step: Step) -> Tensor:

@@ -131,3 +131,16 @@ def check_against_backward(
             "batch_dim=None, or JDOptimizer without `model` (the autojac engine)."
         )
     return True
+
+
+def losses_argument(losses: object, output: object) -> tuple[object, str]:
+    """``compute_gramian``'s losses, given as ``losses`` or by TorchJD's name, ``output``, with
+    the name it was given by."""
+    if losses is not None and output is not None:
+        raise TypeError(
+            "compute_gramian() got both `losses` and `output`, two names for the same argument. "
+            "Give only one: compute_gramian(losses)."
+        )
+    if losses is None and output is None:
+        raise TypeError("compute_gramian() missing its argument: compute_gramian(losses).")
+    return (losses, "losses") if output is None else (output, "output")

@@ -32,13 +32,7 @@ class Recording:
             rule.choose = chooser
             self.rules.append(rule)
             self._calls[id(rule)] = []
-            handles = rule.register_hooks(self._calls[id(rule)])
-            if handles is None:
-                hook = make_hook(self._calls[id(rule)])
-                # First among the module's forward hooks: it must see the module's own output,
-                # before a user's hook replaces it.
-                handles = [module.register_forward_hook(hook, with_kwargs=True, prepend=True)]
-            self._handles.extend(handles)
+            self._handles.extend(self._hook(rule, module))
         # id(param) ↦ every (rule, name) that covers it: several for a tied parameter.
         self.owners: dict[int, list[tuple[Rule, str]]] = {}
         for rule in self.rules:
@@ -57,10 +51,28 @@ class Recording:
             if rule.sparse(name) and len(self.owners[id(rule.param(name))]) == 1
         }
 
+    def _hook(self, rule: Rule, module: nn.Module) -> list[RemovableHandle]:
+        """Records the module's calls for the rule: with the rule's own hooks if it has some."""
+        handles = rule.register_hooks(self._calls[id(rule)])
+        if handles is None:
+            hook = make_hook(self._calls[id(rule)])
+            # First among the module's forward hooks: it must see the module's own output,
+            # before a user's hook replaces it.
+            handles = [module.register_forward_hook(hook, with_kwargs=True, prepend=True)]
+        return list(handles)
+
     def take(self) -> Calls:
-        """The calls recorded since the last ``take``, which forgets them."""
+        """The calls recorded since the last ``take``, which forgets them; refused when a
+        parameter was frozen or unfrozen since the recording began (the Gramian would be taken
+        over the wrong parameters)."""
         taken = {key: list(calls) for key, calls in self._calls.items()}
         self.clear()
+        if self.trainable_changed():
+            raise ValueError(
+                "A parameter of the hooked modules was frozen or unfrozen (requires_grad) since "
+                "the engine was built, so its Gramian would be taken over the wrong parameters. "
+                "Build a new Engine after changing requires_grad (JDOptimizer does this itself)."
+            )
         return taken
 
     def clear(self) -> None:
@@ -110,6 +122,15 @@ class Recording:
                 for name in rule.names:
                     fallback[id(rule.param(name))] = rule.param(name)
         return fallback
+
+    def without_closed_form(self, calls: Calls) -> set[int]:
+        """The parameters of the called rules that have no closed form (``id(param)``)."""
+        return {
+            id(rule.param(name))
+            for rule in self.rules
+            if not rule.closed_form and calls[id(rule)]
+            for name in rule.names
+        }
 
     def own_names(self, calls: Calls, fallback: dict) -> list[tuple[Rule, list[str]]]:
         """The called rules, each with the parameters only it owns (neither tied nor fallback)."""

@@ -16,6 +16,10 @@ from collections.abc import Sequence
 
 from torch import Tensor
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
+from torch.utils.hooks import RemovableHandle
+
+from ._layout import Layout
+from ._rules import Rule, Use
 
 
 def node_of(target: Tensor | GradientEdge) -> Node | None:
@@ -44,3 +48,33 @@ def covered(targets: Sequence[Tensor | GradientEdge]) -> list[bool]:
                 continue
             below[node] = any(child in nodes or below.get(child, False) for child in children)
     return [below.get(node_of(t), False) for t in targets]
+
+
+def consume_hook(
+    rule: Rule, use: Use, layout: Layout, fired: set[int], parts: dict[int, Tensor]
+) -> RemovableHandle:
+    """A pre-hook on the node that made the call's output, which hands the output's gradient to
+    the rule (``rule.consume``) as the pass makes it. Adds ``id(use)`` to ``fired`` and the
+    rule's part of the Gramian, if it made one, to ``parts`` (``id(rule) ↦ part``)."""
+    edge = as_edge(use.targets()[0])
+
+    def hook(grad_outputs: tuple) -> None:
+        grad = grad_outputs[edge.output_nr]
+        # Once per pass: a rule that differentiates its own graph runs this node again.
+        if grad is None or id(use) in fired:
+            return
+        use.grads = [as_output(grad.unsqueeze(0), use.outputs[0])]
+        fired.add(id(use))
+        found = rule.consume(use, rule.names, layout)
+        if found is not None:
+            parts[id(rule)] = found[0]
+            if found[1]:
+                use.grads = [None]
+
+    return edge.node.register_prehook(hook)
+
+
+def as_output(grad: Tensor, output: Tensor) -> Tensor:
+    """A gradient ``[S, ...]`` read at an output's edge, in the output's shape ``[S, *shape]``
+    (an edge of a view's base has the base's shape)."""
+    return grad.reshape(grad.shape[0], *output.shape)

@@ -10,6 +10,21 @@ from ._distributed import reduce_grads
 from ._recording import Recording
 
 
+def local_weights(step: Step, weights: Tensor, batch_dim: int | None) -> Tensor:
+    """This process's weights ``[R]``, in the objectives' order, from weights in the shape of
+    the losses (of every process's losses, when distributed)."""
+    expected = step.global_shape or step.shape
+    if not isinstance(weights, Tensor) or weights.shape != expected:
+        found = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        raise ValueError(
+            f"`weights` should have the shape of the losses, {tuple(expected)}. Found {found}."
+        )
+    weights = weights.detach()
+    if step.global_shape is not None and step.layout.per_sample:
+        weights = weights.narrow(batch_dim, step.offset, step.shape[batch_dim])
+    return weights.reshape(-1)[step.order]
+
+
 def weighted_grads(recording: Recording, step: Step, flat: Tensor) -> dict[int, Tensor]:
     """``id(param) ↦ Σ_r flat[r] · gradient_r`` over this process's objectives (``flat``:
     ``[R]``, in the objectives' order), summed over the processes when distributed."""

@@ -34,9 +34,12 @@ class _Convs(nn.Module):
 @pytest.mark.parametrize("two_d", [True, False], ids=["2d", "1d"])
 @pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
-def test_conv_gramian_and_weighted_gradient(
+def test_every_convolution_way_is_exact(
     method: str, two_d: bool, twice: bool, setting: Setting
 ) -> None:
+    """Each way of the convolution rule, forced by ``Engine(method=...)`` or measured, gives
+    the exact Gramian and weighted gradient: Conv1d and Conv2d, strided, dilated and grouped,
+    called once or twice, on every loss setting."""
     torch.manual_seed(0)
     model = _Convs(3, two_d, twice).double()
     x = torch.randn(3, 2, *((7, 7) if two_d else (9,)), dtype=torch.float64)

@@ -35,6 +35,7 @@ SHAPES = [
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("bias", [False, True])
 def test_factor_gramian_equals_the_gramian_of_materialised_gradients(shape, bias) -> None:
+    """With or without a batch dimension, one or many positions, few or many features."""
     s, b, t, i, o = shape
     g = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(b, t, i, generator=g, dtype=torch.float64)

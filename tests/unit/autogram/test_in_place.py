@@ -21,12 +21,7 @@ from jdopt.autogram import Engine, register_rule
 from jdopt.autogram._rules import LinearRule
 from tests.utils.architectures import ARCHITECTURES, trainable_parameters
 
-from ._reference import (
-    TOLERANCE,
-    assert_exact,
-    flat,
-    relative_error,
-)
+from ._reference import TOLERANCE, assert_exact, flat, reference_gramian, relative_error
 from ._settings import PER_SAMPLE, per_sample
 
 _F64 = torch.float64
@@ -69,6 +64,21 @@ def test_an_output_modified_in_place_is_read_as_the_module_made_it(
     fallback = assert_exact(engine, losses, list(model.parameters()))
 
     assert not fallback
+
+
+def test_an_in_place_activation_module_after_a_hooked_layer_is_exact() -> None:
+    """``ReLU(inplace=True)`` right after a Linear changes the Linear's output after the call:
+    the engine differentiates the output as the Linear made it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)).to(_F64)
+    engine = Engine(model, batch_dim=0)
+    x = torch.randn(5, 3, dtype=_F64, generator=torch.Generator().manual_seed(1))
+    losses = PER_SAMPLE.losses(model(x))
+
+    gramian = engine.compute_gramian(losses)
+
+    expected = reference_gramian(losses, trainable_parameters(model))
+    assert relative_error(gramian, expected) <= TOLERANCE
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -120,14 +130,18 @@ def test_a_view_output_that_is_not_a_reshape_goes_to_the_fallback_once_modified(
     assert bool(fallback) is modified
 
 
-def test_an_input_modified_in_place_that_the_module_saved_raises_autograds_error() -> None:
+@pytest.mark.parametrize("checked_first", [False, True], ids=["first_gramian", "later_gramian"])
+def test_an_input_modified_in_place_that_the_module_saved_raises_autograds_error(
+    checked_first: bool,
+) -> None:
     """A Linear saves its input for its weight's gradient: modifying the input in place after
     the call breaks the losses' own backward pass, and the engine says so with autograd's
-    error rather than read the modified values."""
+    error rather than read the modified values, on the first Gramian as on later ones."""
     torch.manual_seed(0)
     linear = nn.Linear(3, 2).to(_F64)
     engine = Engine(linear, batch_dim=0)
-    engine.compute_gramian(PER_SAMPLE.losses(linear(_randn(_B, 3))))  # checked against backward
+    if checked_first:  # the first Gramian is checked against backward
+        engine.compute_gramian(PER_SAMPLE.losses(linear(_randn(_B, 3))))
     x = _randn(_B, 3, seed=2)
     losses = PER_SAMPLE.losses(linear(x))
     x.mul_(2)

@@ -63,6 +63,8 @@ def _inputs() -> Tensor:
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
 def test_a_registered_rule_gives_exact_gramians(setting: Setting) -> None:
+    """A rule registered for a custom layer is used (no fallback) and exact, on every loss
+    setting, for a layer called twice."""
     torch.manual_seed(0)
     model = _Model()
     with register_rule(_Scale, _ScaleRule):
@@ -75,6 +77,7 @@ def test_a_registered_rule_gives_exact_gramians(setting: Setting) -> None:
 
 
 def test_removing_a_registration_restores_the_fallback() -> None:
+    """Once the handle is removed, engines built afterwards give the layer the fallback."""
     torch.manual_seed(0)
     model = _Model()
     handle = register_rule(_Scale, _ScaleRule)
@@ -86,6 +89,8 @@ def test_removing_a_registration_restores_the_fallback() -> None:
 
 
 def test_a_factory_can_decline_a_module_and_a_rule_refuses_other_parameters() -> None:
+    """A factory returning ``None``, or a module with parameters outside the rule's
+    ``computes_with``: the module takes the exact fallback."""
     torch.manual_seed(0)
     model = _Model()
     model.scale.extra = nn.Parameter(torch.zeros((), dtype=_F64))  # computes_with excludes it
@@ -101,6 +106,7 @@ def test_a_factory_can_decline_a_module_and_a_rule_refuses_other_parameters() ->
 
 
 def test_register_rule_checks_its_arguments() -> None:
+    """An ``nn.Module`` subclass, then a callable factory: a ``TypeError`` otherwise."""
     with pytest.raises(TypeError, match=r"nn\.Module subclass"):
         register_rule(_ScaleRule, _ScaleRule)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="callable"):
