@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -12,6 +13,15 @@ from torch.optim import Optimizer
 from .aggregation import Aggregator, GramianWeightedAggregator, Weighting
 
 ENGINES = ("auto", "autogram", "autojac")
+
+COMPILED_HINT = (
+    "`model` is compiled: JDOptimizer must exist before the code runs compiled. If this model, "
+    "or another instance of its class, was called compiled before JDOptimizer was created, "
+    "torch.compile reuses that code, which has neither the Gramian engine's hooks (the engine "
+    'then records no call) nor a backward that can run more than once ("donated buffers"). '
+    "Create JDOptimizer before the model's first call, or call torch._dynamo.reset() after "
+    "creating it."
+)
 
 
 def check_arguments(
@@ -129,6 +139,19 @@ def _compiled_function(function: object) -> bool:
     # torch.compile's wrapper and torch.compiler.disable's both have the attribute.
     wrapped = getattr(function, "_torchdynamo_orig_callable", None) is not None
     return wrapped and not getattr(function, "_torchdynamo_disable", False)
+
+
+@contextmanager
+def compile_hint(compiled: bool) -> Iterator[None]:
+    """Adds what a compiled model needs to the errors of a step (code compiled before
+    JDOptimizer existed has neither the Gramian engine's hooks nor a backward that can run
+    several times)."""
+    try:
+        yield
+    except RuntimeError as error:
+        if compiled and hasattr(error, "add_note"):  # Python >= 3.11
+            error.add_note(COMPILED_HINT)
+        raise
 
 
 def allow_repeated_backward() -> None:

@@ -5,11 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .distributed._collectives import all_reduce_, is_distributed
+from .distributed import all_reduce_, is_distributed
 
 
 def is_ddp(model: object) -> bool:
     return isinstance(model, nn.parallel.DistributedDataParallel)
+
+
+def global_step(model: object) -> bool:
+    """Whether JDOptimizer takes one step over every process's losses: under
+    torch.distributed, with a DDP model or none (the autojac engine on the optimizer's
+    parameters); any other model is trained per process."""
+    return is_distributed() and (model is None or is_ddp(model))
 
 
 def check_wrapping(model: object) -> None:

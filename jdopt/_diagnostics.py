@@ -17,7 +17,8 @@ class StepInfo:
     so an unread diagnostic costs nothing.
 
     Attributes:
-        engine: ``"autojac"``, ``"autojac-mtl"`` or ``"autogram"``.
+        engine: the backend that took the step: ``"autogram"`` or ``"autojac"``, and for
+            multi-task steps (``features=``) ``"autogram-mtl"`` or ``"autojac-mtl"``.
         weights: the weights given to the losses, in the losses' shape (of every process's
             losses under DDP); ``None`` for aggregators that are not weighted (ConFIG,
             GradDrop, TrimmedMean) and for skipped steps.

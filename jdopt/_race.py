@@ -1,33 +1,36 @@
-"""Two exact ways of taking the same step, timed on the first steps; the faster one is kept."""
+"""Exact backends for the same step, timed on the first steps; the faster one is kept."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import torch
+from torch import Tensor
 
-T = TypeVar("T")
+from ._step import Backend, Found, Step
 
 
-class Race:
-    """Picks between ways that give the same result up to rounding, by timing each.
+class Race(Backend):
+    """Picks between backends that give the same step up to rounding, by timing each.
 
-    The first ``2 · len(ways)`` calls run each way twice in turn (the first run of a way pays
+    The first ``2 · len(ways)`` steps run each way twice in turn (the first run of a way pays
     for its set-up: allocations, kernel choices, the Gramian engine's own measurements) and
-    time the second; every later call runs the faster. A way may decline a step (return
-    ``None``): the next way runs instead, untimed.
+    time the second, from :meth:`compute` to the end of :meth:`apply`; every later step runs
+    the faster. A way may decline a step (its ``compute`` returns ``None``): the next way runs
+    instead. A step that does not reach ``apply`` (skipped, or an error) teaches nothing.
 
     Args:
-        ways: the names of the ways, in the order they are tried.
+        ways: the backends, in the order they are tried; the last must take every step.
+        timed: ``False``: no race, the ways are tried in the given order at every step.
     """
 
-    def __init__(self, *ways: str) -> None:
-        self.ways = ways
+    def __init__(self, *ways: Backend, timed: bool = True) -> None:
+        self.ways = {way.name: way for way in ways}
+        self.name = " or ".join(self.ways)
         self.times: dict[str, float] = {}
-        self._runs: dict[str, int] = dict.fromkeys(ways, 0)
-        self.winner: str | None = None
+        self._runs: dict[str, int] = dict.fromkeys(self.ways, 0)
+        self.winner: str | None = None if timed else ways[0].name
+        self._clock: tuple[str, float, torch.device] | None = None  # the way being timed
 
     def order(self) -> list[str]:
         """The ways to try for this step, the preferred one first."""
@@ -36,22 +39,39 @@ class Race:
         pending = [w for w in self.ways if self._runs[w] < 2]
         return [*pending, *(w for w in self.ways if w not in pending)]
 
-    def run(self, way: str, step: Callable[[], T], device: torch.device) -> T:
-        """Runs one way of the step, timing it while the race is on."""
+    def compute(self, step: Step, /) -> Found | None:
+        """What the first way that takes the step computes; its clock runs until
+        :meth:`apply` while the race is on."""
+        self._clock = None
+        for name in self.order():
+            start = self._start(step.losses.device)
+            found = self.ways[name].compute(step)
+            if found is not None:
+                self._clock = None if start is None else (name, start, step.losses.device)
+                return found
+        return None
+
+    def apply(self, found: Found, change: Tensor | list[Tensor], /) -> None:
+        """The way that computed the step applies it; the step then counts for that way."""
+        self.ways[found.engine].apply(found, change)
+        if self._clock is not None:
+            self._record(*self._clock)
+            self._clock = None
+
+    def _start(self, device: torch.device) -> float | None:
+        """The time a way starts, while the race is on."""
         if self.winner is not None:
-            return step()
+            return None
         _synchronize(device)
-        start = time.perf_counter()
-        result = step()
-        if result is None:  # declined: nothing learnt
-            return result
+        return time.perf_counter()
+
+    def _record(self, name: str, start: float, device: torch.device) -> None:
         _synchronize(device)
-        self._runs[way] += 1
-        if self._runs[way] == 2:
-            self.times[way] = time.perf_counter() - start
+        self._runs[name] += 1
+        if self._runs[name] == 2:
+            self.times[name] = time.perf_counter() - start
         if len(self.times) == len(self.ways):
             self.winner = min(self.times, key=self.times.__getitem__)
-        return result
 
 
 def _synchronize(device: torch.device) -> None:

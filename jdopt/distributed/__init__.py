@@ -5,8 +5,16 @@ Wrap the model in ``DistributedDataParallel`` as usual and give the wrapped mode
 the losses of *all* processes (gathering each layer's inputs and output gradients, not
 Jacobians), the same weights, and its share of the weighted gradient, which is then summed over
 the processes. The step equals one process doing the same step on the whole batch.
+
+:func:`all_gather_cat`, :func:`all_reduce_` and :func:`broadcast_` are the collectives that
+:class:`jdopt.JDOptimizer` uses to gather Jacobian rows, reduce gradients and share weights (not
+part of the public API, hence not in ``__all__``).
 """
 
+# Re-exported for JDOptimizer (``name as name``: not in ``__all__``).
+from ._collectives import all_gather_cat as all_gather_cat
+from ._collectives import all_reduce_ as all_reduce_
+from ._collectives import broadcast_ as broadcast_
 from ._collectives import bytes_sent, is_distributed, rank, reset_bytes_sent, world_size
 
 __all__ = ["bytes_sent", "is_distributed", "rank", "reset_bytes_sent", "world_size"]

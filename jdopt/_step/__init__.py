@@ -1,0 +1,49 @@
+"""The parts of a JDOptimizer step: one pipeline over interchangeable backends.
+
+Each ``backward`` runs the same pipeline (``JDOptimizer._run``):
+
+1. the Gramian engine is refreshed (rebuilt when the model's trainable parameters changed;
+   the step then does without it) — :class:`EngineSlot`;
+2. one backend is chosen for the step (``jdopt._backends``);
+3. the backend computes the losses' :class:`Gramian` (in the objectives' shape) or
+   :class:`Jacobian` (one block per parameter);
+4. the optimizer unscales it (GradScaler) and checks it is finite, once — :func:`unscale`,
+   :func:`check_finite` (a non-finite one under a GradScaler: :func:`skip`);
+5. the optimizer computes the weights (Gramian-based methods) or the update — :func:`decide`;
+6. the backend applies them: it writes ``.grad``.
+
+Backends (:class:`Backend`): :class:`Autogram` and :class:`MtlAutogram` on the Gramian
+engine, :class:`Autojac` and :class:`MtlAutojac` on the full Jacobian, and their variants
+under ``torch.distributed`` (:mod:`._distributed`); ``jdopt._race.Race`` picks between two.
+"""
+
+from ._aggregate import check_finite, decide, scale_of, scaling, skip, unscale
+from ._autogram import Autogram, MtlAutogram
+from ._autojac import Autojac, MtlAutojac
+from ._backend import Backend, Found, Gramian, Jacobian
+from ._distributed import DistributedAutogram, DistributedAutojac, DistributedMtlAutojac
+from ._engine import EngineSlot
+from ._inputs import Step, prepare
+
+__all__ = [
+    "Autogram",
+    "Autojac",
+    "Backend",
+    "DistributedAutogram",
+    "DistributedAutojac",
+    "DistributedMtlAutojac",
+    "EngineSlot",
+    "Found",
+    "Gramian",
+    "Jacobian",
+    "MtlAutogram",
+    "MtlAutojac",
+    "Step",
+    "check_finite",
+    "decide",
+    "prepare",
+    "scale_of",
+    "scaling",
+    "skip",
+    "unscale",
+]
