@@ -14,6 +14,7 @@ Usage::
 
     python benchmarks/dual_cone.py
     python benchmarks/dual_cone.py --sizes 64 256 --reference-max-m 0 --device cuda
+    python benchmarks/dual_cone.py --sizes 32 --plan   # what runs, attempt by attempt
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from jdopt._linalg import normalize, regularize
-from jdopt.aggregation._dual_cone import kkt_residual, project_weights
+from jdopt.aggregation._dual_cone import describe, kkt_residual, plan_for, project_weights
 
 FAMILIES = {"rand": None, "lowrank": 20}
 
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> None:
                 difference = relative_difference(weights, reference)
                 line += f" {difference:>14.1e} {elapsed * 1e3:>12.1f}"
             print(line, flush=True)
+            if args.plan:
+                print("      " + describe(plan_for(gramian)).replace("\n", "\n      "))
 
 
 def main() -> None:
@@ -110,6 +113,12 @@ def main() -> None:
         help="largest m for which the (slow, per-row) reference runs, once (default: 256)",
     )
     parser.add_argument("--osqp", action="store_true", help="also compare with OSQP (slow)")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the solver's plan for each case (see the "
+        "table in jdopt/aggregation/_dual_cone/__init__.py)",
+    )
     run(parser.parse_args())
 
 

@@ -1,4 +1,4 @@
-"""Batched reduced linear solves for the active-set loop of :mod:`._dual_cone_box`.
+"""Batched reduced linear solves for pivoting, the active-set method and the exact finish.
 
 Each row of a batch is one problem. Given a shared symmetric positive definite matrix
 ``M [m, m]`` and a boolean ``free [k, m]``, both solvers find, per row, the ``x`` that matches
@@ -7,6 +7,8 @@ a system of size ``|F|`` per row, different for every row.
 
 - :func:`solve_direct` gathers the ``[k, s, s]`` reduced matrices (padded with identity to the
   largest ``s = |F|`` in the batch) and runs one batched Cholesky: exact, costs ``k s³``.
+- :func:`solve_masked` embeds each reduced system in an ``[m, m]`` one (identity off ``F``):
+  one batched Cholesky without gathering, for small m where fixed costs dominate.
 - :func:`solve_cg` runs conjugate gradients on all rows at once, one ``[k, m] @ [m, m]`` product
   per iteration; rows leave the batch as they converge.
 - :func:`solve_refined` does the same to float64 accuracy by iterative refinement: float32 CG
@@ -18,22 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-NOT_DEFINITE = (
-    "A principal submatrix of the Gramian is not numerically positive definite, so the "
-    "dual-cone projection cannot be solved exactly. Regularise the Gramian more (a larger "
-    "`reg_eps`), or use solver='quadprog'."
-)
-
-# Iterative refinement: rounds, and the residual reduction of float32 CG in each.
-_REFINEMENTS, _ROUGH_REDUCTION = 6, 1e-3
-# A round that does not reduce the float64 residual by this factor ends the refinement.
-_STALLED = 0.1
-
-
-def most_cg_steps(m: int) -> int:
-    """The most CG iterations of a tight solve of size ``m``; rows that need more are badly
-    conditioned, and solved directly instead."""
-    return 50 + 2 * m
+from ._options import SolverOptions as Options
+from ._problem import NotDefinite
 
 
 def rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -41,27 +29,10 @@ def rowdot(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a, b).unsqueeze(1)
 
 
-def pad_with_identity(matrix: Tensor) -> Tensor:
-    """Returns ``[[M, 0], [0, I]]`` ``[2m, 2m]``, from which :func:`solve_direct` gathers."""
-    return torch.block_diag(
-        matrix, torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
-    )
-
-
 def solve_direct(padded: Tensor, free: Tensor, target: Tensor, fixed: Tensor) -> Tensor:
-    """Solves the reduced systems exactly by a padded batched Cholesky.
-
-    Args:
-        padded: ``[2m, 2m]`` the output of :func:`pad_with_identity` for ``M [m, m]``, symmetric
-            positive definite.
-        free: ``[k, m]`` boolean, the coordinates ``F`` solved for in each row.
-        target: ``[k, m]`` right-hand sides (only ``F`` is read).
-        fixed: ``[k, m]`` values of ``x`` off ``F`` (only the complement of ``F`` is read).
-
-    Returns:
-        ``[k, m]`` ``x``, equal to ``fixed`` off ``F`` and to ``M_FF⁻¹ (target − M x_fixed)_F``
-        on ``F``.
-    """
+    """The reduced systems' exact solutions ``[k, m]``, by a padded batched Cholesky, from
+    ``padded = [[M, 0], [0, I]]`` (:attr:`._problem.BoxQP.padded`): ``fixed`` off ``F``,
+    ``M_FF⁻¹ (target − M x_fixed)_F`` on ``F``."""
     m = free.shape[1]
     fixed = fixed * ~free
     rhs = target - fixed @ padded[:m, :m]
@@ -78,7 +49,7 @@ def solve_direct(padded: Tensor, free: Tensor, target: Tensor, fixed: Tensor) ->
     reduced = padded.reshape(-1).index_select(0, flat).reshape(-1, size, size)
     factor, info = torch.linalg.cholesky_ex(reduced)
     if bool(info.any()):
-        raise RuntimeError(NOT_DEFINITE)
+        raise NotDefinite
     half = torch.linalg.solve_triangular(
         factor, (rhs.gather(1, order) * ~padding).unsqueeze(2), upper=False
     )
@@ -107,22 +78,10 @@ def solve_cg(
     max_iter: int,
     reduction: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Solves the reduced systems by batched conjugate gradients.
-
-    Args:
-        matrix: ``[m, m]`` symmetric positive definite ``M``.
-        x: ``[k, m]`` starting point, fixed off ``F``; updated in place on ``F``.
-        target: ``[k, m]`` right-hand sides (only ``F`` is read).
-        free: ``[k, m]`` boolean, the coordinates ``F`` solved for in each row.
-        tolerance: ``[k, 1]`` a row stops once ``‖(target − x @ M)_F‖₂`` is below it, or below
-            ``reduction`` times its starting value.
-        max_iter: the most iterations any row gets.
-        reduction: see ``tolerance``.
-
-    Returns:
-        ``(x, converged)``: ``x`` updated, and ``[k]`` whether each row stopped before
-        ``max_iter``.
-    """
+    """Solves the reduced systems by batched conjugate gradients from ``x`` (fixed off ``F``,
+    updated in place on it), in at most ``max_iter`` iterations; a row stops once
+    ``‖(target − x @ M)_F‖₂`` is below its ``tolerance [k, 1]`` or ``reduction`` times its
+    starting value. Returns ``(x, [k] whether each row stopped in time)``."""
     mask = free.to(matrix.dtype)
     rows = torch.arange(x.shape[0], device=x.device)
     converged = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -161,24 +120,28 @@ def solve_cg(
 
 
 def solve_refined(
-    matrix: Tensor, x: Tensor, target: Tensor, free: Tensor, tolerance: Tensor, max_iter: int
+    matrix: Tensor,
+    x: Tensor,
+    target: Tensor,
+    free: Tensor,
+    tolerance: Tensor,
+    max_iter: int,
+    options: Options,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`solve_cg` on a float64 ``matrix`` to ``tolerance``, by float32 CG corrections.
-
-    Each round computes the float64 residual, on which float32 CG gains ``_ROUGH_REDUCTION``
-    (float32 cannot do much better). Rows that stall, or that float32 cannot solve at all, are
-    finished by float64 :func:`solve_cg`. Every CG run gets at most ``max_iter`` iterations.
-    Returns ``(x, converged)`` like :func:`solve_cg`.
-    """
+    """:func:`solve_cg` on a float64 ``matrix``, by float32 CG corrections of the float64
+    residual, each gaining ``refinement_reduction`` (float32 cannot do much better). Rows that
+    stall, or that float32 cannot solve, are finished by float64 :func:`solve_cg`."""
     mask, rough = free.to(matrix.dtype), matrix.float()
-    previous = None
-    for _ in range(_REFINEMENTS):
+    previous, converged = None, torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)
+    for _ in range(options.refinement_rounds):
         residual = (target - x @ matrix).mul_(mask)
         norm = residual.norm(dim=1, keepdim=True)
         converged = norm <= tolerance
         if bool(converged.all()):
             break
-        if previous is not None and not bool((converged | (norm <= _STALLED * previous)).all()):
+        if previous is not None and not bool(
+            (converged | (norm <= options.stalled * previous)).all()
+        ):
             break  # float32 no longer helps: the matrix is badly conditioned
         previous = norm
         correction = torch.zeros_like(residual, dtype=rough.dtype)
@@ -189,7 +152,7 @@ def solve_refined(
             free,
             tolerance.to(rough.dtype),
             max_iter,
-            _ROUGH_REDUCTION,
+            options.refinement_reduction,
         )
         x = x + torch.where(solved.unsqueeze(1), correction.to(x.dtype), 0)
         if not bool(solved.all()):  # badly conditioned for float32
@@ -197,3 +160,20 @@ def solve_refined(
     if bool(converged.all()):
         return x, converged.squeeze(1)
     return solve_cg(matrix, x, target, free, tolerance, max_iter)
+
+
+def solve_masked(matrix: Tensor, free: Tensor, target: Tensor, fixed: Tensor) -> Tensor:
+    """Solves the reduced systems exactly, each embedded in an ``[m, m]`` one.
+
+    Row ``r`` keeps ``x = fixed`` off its free set ``F`` and solves ``(x @ M)_F = target_F`` on
+    it: its matrix is ``M`` where both coordinates are free and the identity elsewhere, which
+    is positive definite when ``M`` is. Costs ``k m³``, in few operations.
+    """
+    identity = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    outside = fixed * ~free
+    rhs = torch.where(free, target - outside @ matrix, outside)
+    reduced = torch.where(free.unsqueeze(2) & free.unsqueeze(1), matrix, identity)
+    factor, info = torch.linalg.cholesky_ex(reduced)
+    if bool(info.any()):
+        raise NotDefinite
+    return torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)

@@ -1,7 +1,6 @@
-"""The sure finish of the dual-cone solver: the primal active-set method, for the rows that
-block pivoting leaves unsolved.
+"""The sure finish: the primal active-set method, for the rows that pivoting leaves unsolved.
 
-Block principal pivoting (:mod:`._dual_cone_box`) changes many coordinates per step and
+Block principal pivoting (:mod:`._pivoting`) changes many coordinates per step and
 usually needs a handful of steps. On badly conditioned problems (a tiny ridge on a low-rank
 Gramian) rounding can make its swaps undo each other for hundreds of steps. The primal
 active-set method changes one coordinate per row and step, keeps ``x`` feasible, and never
@@ -18,49 +17,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._dual_cone_box import BoxQP
-from ._dual_cone_linear import pad_with_identity, solve_direct
+from ._linear import solve_direct
+from ._options import SolverOptions as Options
+from ._problem import BoxQP
 
 
-def unsolved(qp: BoxQP, x: Tensor, product: Tensor, tolerance: float) -> Tensor:
-    """Returns ``[k]``: the rows whose ``x`` breaks a KKT condition by more than ``tolerance``.
+def active_set(qp: BoxQP, x: Tensor, options: Options) -> tuple[Tensor, Tensor]:
+    """Solves the problems of ``qp`` by the primal active-set method, from ``x`` (projected
+    onto ``x ≥ ℓ``; the bounds it sits on, to ``tolerance``, are the first working set), in at
+    most ``active_set_steps · m`` steps (each changes one coordinate of each row still going).
 
-    ``product`` is ``x @ M``; tolerances are relative to each problem's :meth:`BoxQP.scale`.
+    Returns ``(x ≥ ℓ, [k] solved)``.
     """
-    slack = tolerance * qp.scale()
-    gradient = product - qp.linear
-    broken = (
-        (x < qp.lower - slack)
-        | (gradient < -slack)
-        | ((x > qp.lower + slack) & (gradient.abs() > slack))
-    )
-    return broken.any(dim=1) | ~torch.isfinite(x).all(dim=1)
-
-
-def active_set(
-    qp: BoxQP, x: Tensor, working: Tensor, *, tolerance: float, max_iter: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Solves the problems of ``qp`` by the primal active-set method.
-
-    Args:
-        qp: the problems.
-        x: ``[k, m]`` starting point; projected onto ``x ≥ ℓ``.
-        working: ``[k, m]`` boolean, the bounds held at the start (``x = ℓ`` there).
-        tolerance: relative violation of ``x ≥ ℓ`` or ``g ≥ 0`` accepted at the solution.
-        max_iter: the most steps (each changes one coordinate of each row still going).
-
-    Returns:
-        ``(x, x @ M, converged)``, with ``x ≥ ℓ`` and ``converged`` of shape ``[k]``.
-    """
-    matrix, padded = qp.matrix, pad_with_identity(qp.matrix)
+    matrix, padded = qp.matrix, qp.padded
     k, m = x.shape
-    lower, linear, slack = qp.lower, qp.linear, tolerance * qp.scale()
-    working = working.clone()
+    lower, linear, slack = qp.lower, qp.linear, options.tolerance * qp.scale()
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    working = x <= lower + slack
     x = torch.where(working, lower, torch.maximum(x, lower))
     result, converged = x.clone(), torch.zeros(k, dtype=torch.bool, device=x.device)
     rows = torch.arange(k, device=x.device)
     positions = torch.arange(m, device=x.device)
-    for _ in range(max_iter):
+    for _ in range(options.active_set_steps * m):
         target = solve_direct(padded, ~working, linear, x)  # the minimiser on the working set
         # Free coordinates that the move to the target would push below their bound.
         heading = ~working & (target < lower - slack)
@@ -85,4 +63,4 @@ def active_set(
                 break
     if rows.numel() > 0:
         result[rows] = x
-    return result, result @ matrix, converged
+    return result, converged
