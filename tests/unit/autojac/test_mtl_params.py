@@ -51,12 +51,14 @@ LISTINGS = {  # tasks_params as indices of the heads, and for each head the task
 }
 
 
-@pytest.mark.usefixtures("two_stage")
 @pytest.mark.parametrize("cross", [False, True])
 @pytest.mark.parametrize("listing", LISTINGS.values(), ids=LISTINGS.keys())
-def test_a_task_parameter_gets_the_gradients_of_the_tasks_that_list_it(listing, cross) -> None:
+def test_a_task_parameter_gets_the_gradients_of_the_tasks_that_list_it(
+    listing, cross, two_stage
+) -> None:
     indices, listed_by = listing
     _, heads, features, losses = _problem(cross=cross)
+    losses = two_stage(losses)
     if indices is None and not cross:
         listed_by = {0: [0], 1: [1]}  # by default: the tasks whose loss reaches the head
     expected = [_task_grad(losses, listed_by[j], head) for j, head in enumerate(heads)]
@@ -66,9 +68,9 @@ def test_a_task_parameter_gets_the_gradients_of_the_tasks_that_list_it(listing, 
         assert torch.allclose(head.grad, grad, atol=1e-12)
 
 
-@pytest.mark.usefixtures("two_stage")
-def test_listed_parameters_that_are_not_reached_get_zeros() -> None:
+def test_listed_parameters_that_are_not_reached_get_zeros(two_stage) -> None:
     shared, heads, features, losses = _problem()
+    losses = two_stage(losses)
     extra_shared, extra_head = (torch.ones(3, dtype=_F64, requires_grad=True) for _ in range(2))
     expected = jacobian_by_rows(torch.stack(losses), [*shared, extra_shared])  # zero columns
     recorder = Recorder()
@@ -84,10 +86,10 @@ def test_listed_parameters_that_are_not_reached_get_zeros() -> None:
     assert torch.equal(extra_head.grad, torch.zeros(3, dtype=_F64))
 
 
-@pytest.mark.usefixtures("two_stage")
-def test_a_trunk_parameter_listed_for_a_task_gets_that_tasks_gradient() -> None:
+def test_a_trunk_parameter_listed_for_a_task_gets_that_tasks_gradient(two_stage) -> None:
     """Its gradient goes through the features (TorchJD 0.8 fails here: the graph is freed)."""
     (p0, p1), heads, features, losses = _problem()
+    losses = two_stage(losses)
     expected = _task_grad(losses, [1], p1)
     mtl_backward(
         losses, features, Recorder(), tasks_params=[heads[:1], [heads[1], p1]], shared_params=[p0]
@@ -95,14 +97,15 @@ def test_a_trunk_parameter_listed_for_a_task_gets_that_tasks_gradient() -> None:
     assert torch.allclose(p1.grad, expected, atol=1e-12)
 
 
-@pytest.mark.usefixtures("two_stage")
-def test_a_task_loss_that_is_its_own_parameter() -> None:
-    """A leaf given as a task's loss, and as that task's parameter: a zero row, gradient 1."""
+def test_a_task_loss_that_is_its_own_parameter(two_stage) -> None:
+    """A leaf given as a task's loss (as it is, or plus a zero shared by the tasks), and as that
+    task's parameter: a zero row, gradient 1."""
     shared, heads, features, losses = _problem()
     leaf = torch.tensor(2.0, dtype=_F64, requires_grad=True)
-    expected = jacobian_by_rows(torch.stack([losses[0], leaf]), shared)
+    tasks = two_stage([losses[0], leaf])
+    expected = jacobian_by_rows(torch.stack(tasks), shared)
     recorder = Recorder()
-    mtl_backward([losses[0], leaf], features, recorder, tasks_params=[heads[:1], [leaf]])
+    mtl_backward(tasks, features, recorder, tasks_params=[heads[:1], [leaf]])
     assert torch.allclose(recorder.jacobian, expected, atol=1e-12)
     assert torch.equal(leaf.grad, torch.tensor(1.0, dtype=_F64))
 
@@ -146,10 +149,10 @@ def test_a_parameter_both_shared_and_task_specific_is_refused(case) -> None:
     assert all(p.grad is None for p in [*shared, *heads])
 
 
-@pytest.mark.usefixtures("two_stage")
 @pytest.mark.parametrize("chunk", [None, 1])
-def test_retain_graph_false_frees_the_graph(chunk: int | None) -> None:
+def test_retain_graph_false_frees_the_graph(chunk: int | None, two_stage) -> None:
     shared, _, features, losses = _problem()
+    losses = two_stage(losses)
     expected = jacobian_by_rows(torch.stack(losses), shared).sum(dim=0)
     mtl_backward(losses, features, Recorder(), retain_graph=True, parallel_chunk_size=chunk)
     mtl_backward(losses, features, Recorder(), parallel_chunk_size=chunk)
@@ -158,15 +161,14 @@ def test_retain_graph_false_frees_the_graph(chunk: int | None) -> None:
         mtl_backward(losses, features, Recorder(), parallel_chunk_size=chunk)
 
 
-@pytest.mark.usefixtures("two_stage")
 @pytest.mark.parametrize("chunk", [None, 1])
-def test_features_and_shared_tensors_that_retain_grad(chunk: int | None) -> None:
+def test_features_and_shared_tensors_that_retain_grad(chunk: int | None, two_stage) -> None:
     """The features' .grad is left alone; a non-leaf shared tensor gets its slice of the
     update."""
     shared, heads, _, _ = _problem()
     scaled = shared[0] * 1.5
     features = scaled * shared[1]
-    losses = [(features * heads[0]).sum(), ((features * heads[1]) ** 2).sum()]
+    losses = two_stage([(features * heads[0]).sum(), ((features * heads[1]) ** 2).sum()])
     expected = jacobian_by_rows(torch.stack(losses), [scaled, shared[1]]).sum(dim=0)
     for tensor in (scaled, features):
         tensor.retain_grad()

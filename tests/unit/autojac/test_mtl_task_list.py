@@ -26,17 +26,17 @@ def _task_list(trunk: nn.Module, heads: list[nn.Module], x: torch.Tensor, *, tie
     return [*tasks, last], features, own
 
 
-@pytest.mark.usefixtures("two_stage")
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("chunk", [None, 1, 2])
 def test_losses_given_as_a_list_match_the_row_by_row_jacobian(
-    tied: bool, chunk: int | None
+    tied: bool, chunk: int | None, two_stage
 ) -> None:
     """The shared Jacobian is the losses' whole Jacobian, paths around the features included
     (given ``tasks_params``: by default a tied weight would be both shared and task-specific)."""
     trunk, heads, _, _ = trunk_and_heads()
     x = torch.randn(6, 4, dtype=torch.float64)
     tasks, features, own = _task_list(trunk, heads, x, tied=tied)
+    tasks = two_stage(tasks)
     losses = torch.stack(tasks)
     shared = list(trunk.parameters())
     expected = jacobian_by_rows(losses, shared)
@@ -56,11 +56,11 @@ def test_losses_given_as_a_list_match_the_row_by_row_jacobian(
         assert torch.allclose(p.grad, g, atol=1e-12)
 
 
-@pytest.mark.usefixtures("two_stage")
-def test_a_listed_task_that_ignores_the_features_gets_a_zero_row() -> None:
+def test_a_listed_task_that_ignores_the_features_gets_a_zero_row(two_stage) -> None:
     trunk, heads, features, _ = trunk_and_heads(2)
     own = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
     tasks = [(heads[0](features) ** 2).mean(), own**2, (heads[1](features) ** 2).mean()]
+    tasks = two_stage(tasks)
     losses = torch.stack(tasks)
     shared = list(trunk.parameters())
     expected = jacobian_by_rows(losses, shared)
@@ -71,13 +71,12 @@ def test_a_listed_task_that_ignores_the_features_gets_a_zero_row() -> None:
     assert torch.allclose(own.grad, torch.tensor(4.0, dtype=torch.float64))
 
 
-@pytest.mark.usefixtures("two_stage")
-def test_losses_that_reach_no_feature_give_a_zero_jacobian() -> None:
+def test_losses_that_reach_no_feature_give_a_zero_jacobian(two_stage) -> None:
     """As in TorchJD: zero rows, not an error; the heads still get their gradients."""
     trunk, _, features, _ = trunk_and_heads(2)
     own = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
     recorder = Recorder()
-    mtl_backward([own**2, own**3], features, recorder)
+    mtl_backward(two_stage([own**2, own**3]), features, recorder)
     n = sum(p.numel() for p in trunk.parameters())
     assert torch.equal(recorder.jacobian, torch.zeros(2, n, dtype=torch.float64))
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in trunk.parameters())

@@ -13,22 +13,24 @@ from jdopt.autojac._heads import split_at_features, task_roots
 from tests.utils.reference import Recorder, jacobian_by_rows
 
 
-@pytest.mark.usefixtures("two_stage")
 @pytest.mark.parametrize("form", ["stacked", "list"])
-def test_separate_heads_of_scalar_tasks_match_the_row_by_row_jacobian(form: str) -> None:
+def test_separate_heads_of_scalar_tasks_match_the_row_by_row_jacobian(form: str, two_stage) -> None:
     torch.manual_seed(1)
     trunk = nn.Sequential(nn.Linear(4, 5), nn.Tanh()).double()
     heads = [nn.Linear(3, 1).double(), nn.Linear(2, 2).double(), nn.Linear(3, 1).double()]
     x = torch.randn(6, 4, dtype=torch.float64)
     first, second = trunk(x).split([3, 2], dim=1)  # two features from one node
-    tasks = [
-        (heads[0](first) ** 2).mean() + second.pow(3).mean(),  # uses both features
-        heads[1](second).sum() * heads[1](second).mean(),  # a head used twice
-        heads[2](first).exp().mean(),
-    ]
+    tasks = two_stage(
+        [
+            (heads[0](first) ** 2).mean() + second.pow(3).mean(),  # uses both features
+            heads[1](second).sum() * heads[1](second).mean(),  # a head used twice
+            heads[2](first).exp().mean(),
+        ]
+    )
     losses = torch.stack(tasks)
     shared = list(trunk.parameters())
-    assert split_at_features(task_roots(losses, None), [first, second], shared) is not None
+    split = split_at_features(task_roots(losses, None), [first, second], shared)
+    assert (split is not None) == (two_stage is list)  # each pass is reached
     expected = jacobian_by_rows(losses, shared)
     own = [p for m in heads for p in m.parameters()]
     expected_heads = torch.autograd.grad(losses.sum(), own, retain_graph=True)
@@ -75,11 +77,11 @@ def _rows_by_task(tasks: list[torch.Tensor], params: list[torch.Tensor]) -> torc
     )
 
 
-@pytest.mark.usefixtures("two_stage")
 @pytest.mark.parametrize("case", ["reached twice", "split feature", "nested features"])
-def test_heads_that_meet_the_trunk_oddly_give_the_row_by_row_jacobian(case: str) -> None:
-    """Regressions: a head node reached along two paths, a task that uses the other output of
-    the node that makes a feature, a feature computed from another feature."""
+def test_heads_that_meet_the_trunk_oddly_give_the_row_by_row_jacobian(case: str, two_stage) -> None:
+    """Whatever the shape of the graph between heads and features (a head node reached along
+    two paths, a task that uses the other output of the node that makes a feature, a feature
+    computed from another feature), the shared Jacobian is the row-by-row one."""
     torch.manual_seed(0)
     trunk = nn.Linear(3, 6).double()
     heads = [nn.Linear(k, 1).double() for k in (2, 4, 6, 6, 6)]
@@ -96,17 +98,17 @@ def test_heads_that_meet_the_trunk_oddly_give_the_row_by_row_jacobian(case: str)
         outer = 2 * inner
         tasks = [heads[2](h).pow(2).mean(), heads[3](inner).mean(), heads[4](outer).sin().mean()]
         features = [h, outer]
-    shared = list(trunk.parameters())
-    if case == "reached twice":  # the split applies: the test covers the two-stage pass
-        assert split_at_features(task_roots(torch.stack(tasks), None), features, shared)
+    tasks, shared = two_stage(tasks), list(trunk.parameters())
+    if case == "reached twice":  # the split applies to tasks with nodes of their own
+        split = split_at_features(task_roots(torch.stack(tasks), None), features, shared)
+        assert (split is not None) == (two_stage is list)
     expected = _rows_by_task(tasks, shared)
     recorder = Recorder()
     mtl_backward(tasks, features, recorder, shared_params=shared)
     assert torch.allclose(recorder.jacobian, expected, atol=1e-12)
 
 
-@pytest.mark.usefixtures("two_stage")
-def test_head_gradients_never_share_storage() -> None:
+def test_head_gradients_never_share_storage(two_stage) -> None:
     """autograd may return one tensor for two parameters (here two biases added together)."""
     torch.manual_seed(0)
     trunk = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
@@ -118,7 +120,7 @@ def test_head_gradients_never_share_storage() -> None:
     for _ in range(2):  # the second step accumulates into .grad
         f = x @ trunk
         tasks = [((f @ weight + b1 + b2) ** 2).sum(), ((f * other).sum() ** 2)]
-        mtl_backward(tasks, f, Recorder())
+        mtl_backward(two_stage(tasks), f, Recorder())
     assert b1.grad.data_ptr() != b2.grad.data_ptr()
     f = x @ trunk
     expected = torch.autograd.grad(((f @ weight + b1 + b2) ** 2).sum(), [b1, b2])
