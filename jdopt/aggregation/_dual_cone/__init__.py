@@ -19,7 +19,8 @@ participation fraction; ADMM for 32 ≤ m ≤ 4096)::
     ---------------------------  --------------------------------------------------------------
     ADMM size, r ≥ 0.4           primal: ADMM → pivoting → active set ✓
                                  primal: guess → pivoting → active set ✓   primal: polish ✓
-    ADMM size, 0.3 ≤ r < 0.4     primal: ADMM (gives up when too slow) ✓
+    ADMM size, 0.3 ≤ r < 0.4     primal: ADMM (gives up when too slow) → pivoting → active
+                                 set (these two only if ADMM solved some row) ✓
                                  dual: ADMM → pivoting → active set ✓
                                  dual: guess → pivoting → active set ✓
                                  primal: guess → pivoting → active set ✓   primal: polish ✓
