@@ -20,14 +20,15 @@ import torch
 
 def peak_growth_bytes(step: Callable[[], None], device: str, repeats: int = 3) -> int:
     step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    where = torch.device(device)
+    if where.type == "cuda":
+        torch.cuda.synchronize(where)
+        torch.cuda.reset_peak_memory_stats(where)
+        base = torch.cuda.memory_allocated(where)
         for _ in range(repeats):
             step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        torch.cuda.synchronize(where)
+        return torch.cuda.max_memory_allocated(where) - base
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM, the peak resident set
     base = _status("VmRSS")

@@ -147,16 +147,3 @@ def _tried(step: Step) -> Step | str:
 
 def _refusal(error: Exception) -> str:
     return f"refuses: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
-
-
-def synced(step: Step, device: str) -> Step:
-    """The step between two device synchronisations, so that its time is the device's."""
-    if not device.startswith("cuda"):
-        return step
-
-    def between_syncs() -> None:
-        torch.cuda.synchronize()
-        step()
-        torch.cuda.synchronize()
-
-    return between_syncs

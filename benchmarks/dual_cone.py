@@ -22,10 +22,15 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import add_device_argument, synchronizer, timed_call
 
 from jdopt._linalg import normalize, regularize
 from jdopt.aggregation._dual_cone import describe, kkt_residual, plan_for, project_weights
@@ -46,15 +51,10 @@ def median_time(function: Callable[[], torch.Tensor], device: torch.device, budg
     """Median wall time in seconds, after two warm-up calls, over at least 3 repetitions."""
     function()
     function()
+    sync = synchronizer(device)
     times: list[float] = []
     while len(times) < 3 or (sum(times) < budget and len(times) < 200):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(timed_call(function, sync))
     return statistics.median(times)
 
 
@@ -101,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024])
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument(
         "--budget", type=float, default=1.0, help="seconds of timed calls per case (default: 1)"

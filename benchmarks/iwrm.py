@@ -8,7 +8,7 @@ UPGrad is timed on the same work, interleaved with the plain step in a second ro
 traffic would slow the others down); its time is reported scaled to the first round's plain
 step.
 
-    python benchmarks/iwrm.py [--batch 16 64 256] [--repeats 30] [--device cpu] [--no-memory]
+    python benchmarks/iwrm.py [--batch 16 64 256] [--repeats 30] [--device DEVICE] [--no-memory]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _memory import measure_in_subprocess, peak_growth_bytes
-from _timing import interleaved_medians
+from _timing import add_device_argument, interleaved_medians
 
 from jdopt import JDOptimizer
 from jdopt.aggregation import Mean, UPGrad
@@ -53,8 +53,9 @@ def make_steps(name: str, batch: int, device: str) -> dict:
     """One step function per variant, each on its own copy of the same model."""
     torch.manual_seed(0)
     model = MODELS[name]().to(device)
-    x = torch.randn(batch, 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    # Drawn on the CPU and moved: every device gets the same batch.
+    x = torch.randn(batch, 1, 28, 28).to(device)
+    y = torch.randint(0, 10, (batch,)).to(device)
     plain_model = copy.deepcopy(model)
     plain = torch.optim.SGD(plain_model.parameters(), lr=1e-3)
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--batch", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-of", nargs=3, metavar=("MODEL", "BATCH", "STEP"))
     args = parser.parse_args(argv)
@@ -126,11 +127,13 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batch:
             steps = make_steps(name, batch, args.device)
             torchjd = steps.pop("torchjd", None)
-            times = interleaved_medians(steps, repeats=args.repeats)
+            times = interleaved_medians(steps, repeats=args.repeats, device=args.device)
             plain = times["plain"]
             if torchjd is not None:  # timed apart: its memory traffic would slow the others
                 pair = interleaved_medians(
-                    {"plain": steps["plain"], "torchjd": torchjd}, repeats=max(args.repeats // 5, 3)
+                    {"plain": steps["plain"], "torchjd": torchjd},
+                    repeats=max(args.repeats // 5, 3),
+                    device=args.device,
                 )
                 times["torchjd"] = pair["torchjd"] * plain / pair["plain"]
 

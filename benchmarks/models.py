@@ -16,7 +16,7 @@ installed, and reported scaled to the first round's plain step; a model it refus
 with the error. Peak memory of each variant is measured in a fresh process (see _memory.py).
 
     python benchmarks/models.py [--models resnet18 transformer ...] [--batch 32] [--repeats 10]
-        [--warmup 5] [--device cpu] [--threads N] [--dropout P] [--no-memory] [--json out.json]
+        [--warmup 5] [--device DEVICE] [--threads N] [--dropout P] [--no-memory] [--json out.json]
 """
 
 from __future__ import annotations
@@ -31,22 +31,21 @@ import torch
 if __package__:  # imported as benchmarks.models
     from ._memory import measure_in_subprocess, peak_growth_bytes
     from ._setups import SETUPS
-    from ._steps import make_steps, synced
-    from ._timing import interleaved_medians
+    from ._steps import make_steps
+    from ._timing import add_device_argument, interleaved_medians
     from ._zoo import TRANSFORMER
 else:  # run as a script: its folder is on the path
     from _memory import measure_in_subprocess, peak_growth_bytes
     from _setups import SETUPS
-    from _steps import make_steps, synced
-    from _timing import interleaved_medians
+    from _steps import make_steps
+    from _timing import add_device_argument, interleaved_medians
     from _zoo import TRANSFORMER
 
 
 def measure(name: str, args: argparse.Namespace) -> dict:
     """Times (ms), ratios, engines and peak memory (MB) of every variant on one model."""
     steps, other = make_steps(name, args.batch, args.device)
-    timed = {key: synced(step, args.device) for key, step in steps.items()}
-    times = interleaved_medians(timed, repeats=args.repeats, warmup=args.warmup)
+    times = interleaved_medians(steps, repeats=args.repeats, warmup=args.warmup, device=args.device)
     plain = times["plain"]
     result: dict = {"model": name, "batch": args.batch, "plain_ms": plain * 1e3}
     if name in ("transformer", "gpt"):
@@ -59,9 +58,12 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     if isinstance(torchjd, str):
         result["torchjd"] = {"refused": torchjd}
     elif torchjd is not None:  # timed apart: its memory traffic would slow the others down
-        pair = {"plain": timed["plain"], "torchjd": synced(torchjd, args.device)}
+        pair = {"plain": steps["plain"], "torchjd": torchjd}
         pair_times = interleaved_medians(
-            pair, repeats=max(args.repeats // 2, 3), warmup=min(args.warmup, 2)
+            pair,
+            repeats=max(args.repeats // 2, 3),
+            warmup=min(args.warmup, 2),
+            device=args.device,
         )
         ratio = pair_times["torchjd"] / pair_times["plain"]
         result["torchjd"] = {"ms": ratio * plain * 1e3, "ratio": ratio}
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", metavar="PATH", help="also write the results there")

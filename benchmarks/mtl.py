@@ -6,7 +6,7 @@ task losses as a list, as ``mtl_backward`` takes them (a stacked tensor takes th
 on the full-Jacobian engine (``JDOptimizer(opt, aggregator=UPGrad())``) and on the Gramian
 engine (``model=trunk``: the trunk's Jacobian is never formed).
 
-    python benchmarks/mtl.py [--tasks 2 10 40] [--repeats 50]
+    python benchmarks/mtl.py [--tasks 2 10 40] [--repeats 50] [--device DEVICE]
 """
 
 from __future__ import annotations
@@ -19,18 +19,20 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved_medians
+from _timing import add_device_argument, interleaved_medians
 
 from jdopt import JDOptimizer
 from jdopt.aggregation import UPGrad
 
 
-def setup(k: int, batch: int) -> tuple:
+def setup(k: int, batch: int, device: str = "cpu") -> tuple:
+    """The model and the batch, made on the CPU (the same numbers on every device), moved."""
     torch.manual_seed(0)
     trunk = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
     heads = nn.ModuleList(nn.Linear(256, 1) for _ in range(k))
+    trunk, heads = trunk.to(device), heads.to(device)
     params = [*trunk.parameters(), *heads.parameters()]
-    x, y = torch.randn(batch, 64), torch.randn(batch, k)
+    x, y = torch.randn(batch, 64).to(device), torch.randn(batch, k).to(device)
     return trunk, heads, params, x, y
 
 
@@ -45,20 +47,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=50)
+    add_device_argument(parser)
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    on = "" if torch.device(args.device).type == "cpu" else f", device {args.device}"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}{on}")
     header = f"{'k':>4} {'sum step (ms)':>14} {'autojac (ms)':>13} {'ratio':>6}"
     print(header + f" {'autogram':>9} {'ratio':>6}")
     for k in args.tasks:
-        t = bench(k, args.batch, args.repeats)
+        t = bench(k, args.batch, args.repeats, args.device)
         print(
             f"{k:>4} {t['sum'] * 1e3:>14.2f} {t['jd'] * 1e3:>13.2f} {t['jd'] / t['sum']:>6.2f} "
             f"{t['gram'] * 1e3:>9.2f} {t['gram'] / t['sum']:>6.2f}"
         )
 
 
-def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
-    trunk, heads, params, x, y = setup(k, batch)
+def bench(k: int, batch: int, repeats: int, device: str = "cpu") -> dict[str, float]:
+    trunk, heads, params, x, y = setup(k, batch, device)
     plain = torch.optim.SGD(params, lr=1e-3)
     jd = JDOptimizer(torch.optim.SGD(params, lr=1e-3), aggregator=UPGrad())
     gram = JDOptimizer(torch.optim.SGD(params, lr=1e-3), aggregator=UPGrad(), model=trunk)
@@ -78,7 +82,7 @@ def bench(k: int, batch: int, repeats: int) -> dict[str, float]:
         jd_step(gram)
 
     steps = {"sum": plain_step, "jd": jd_step, "gram": gram_step}
-    return interleaved_medians(steps, repeats=repeats)
+    return interleaved_medians(steps, repeats=repeats, device=device)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 Each process holds a share of every batch. ``JDOptimizer(opt, model=ddp_model, batch_dim=0)``
 makes the step exact Jacobian descent on the concatenation of all processes' per-sample losses:
 every process builds the same global Gramian from the layers' gathered inputs and output
-gradients, computes the same weights, and the weighted gradients are summed — the step one
-process would take on the whole batch. Uses NCCL on GPUs, gloo on CPUs. The data are generated.
+gradients, rank 0 computes the weights for all (or skips, or raises, for all), and the weighted
+gradients are summed — the step one process would take on the whole batch. The data are generated.
+
+Each process uses the GPU of its local rank (``LOCAL_RANK`` under torchrun) and NCCL when the
+machine has a GPU for each of its processes; otherwise every process runs on the CPU, with gloo.
 
     torchrun --nproc_per_node=2 examples/ddp_iwrm.py
     python examples/ddp_iwrm.py --processes 2        # spawns the processes itself
@@ -26,12 +29,32 @@ from jdopt import JDOptimizer
 from jdopt.aggregation import UPGrad
 
 
-def train(rank: int, world: int, steps: int, batch: int) -> float:
-    device = torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
+def placement(local_rank: int, local_world: int, gpus: int) -> tuple[str, torch.device]:
+    """The process group's backend and this process's device: NCCL and the GPU of the local
+    rank when the machine has a GPU for each of its processes, gloo and the CPU otherwise."""
+    if 0 < local_world <= gpus:
+        return "nccl", torch.device("cuda", local_rank)
+    return "gloo", torch.device("cpu")
+
+
+def _gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _start(local_rank: int, local_world: int, **init) -> torch.device:
+    """Joins the process group on this process's device (set first: NCCL uses it)."""
+    backend, device = placement(local_rank, local_world, _gpus())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, **init)
+    return device
+
+
+def train(rank: int, world: int, device: torch.device, steps: int, batch: int) -> float:
     torch.manual_seed(0)  # the same initial model everywhere
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 1)).to(device)
     ddp = nn.parallel.DistributedDataParallel(
-        model, device_ids=[rank] if device.type == "cuda" else None
+        model, device_ids=[device.index] if device.type == "cuda" else None
     )
     jd = JDOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.05), aggregator=UPGrad(), model=ddp, batch_dim=0
@@ -57,12 +80,10 @@ def train(rank: int, world: int, steps: int, batch: int) -> float:
 
 
 def _worker(rank: int, world: int, port: int, steps: int, batch: int) -> None:
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    # One machine: the local rank is the rank.
+    device = _start(rank, world, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        train(rank, world, steps, batch)
+        train(rank, world, device, steps, batch)
     finally:
         dist.destroy_process_group()
     # Skip the interpreter's teardown: gloo's threads can abort it now and then ("terminate
@@ -78,9 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=2, help="without torchrun")
     args = parser.parse_args(argv)
     if "RANK" in os.environ:  # launched by torchrun
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = _start(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         try:
-            train(dist.get_rank(), dist.get_world_size(), args.steps, args.batch)
+            train(dist.get_rank(), dist.get_world_size(), device, args.steps, args.batch)
         finally:
             dist.destroy_process_group()
         return

@@ -21,8 +21,20 @@ from ._backends import Backends
 from ._ddp import check_wrapping, global_step, is_ddp, take_over_gradient_sync
 from ._delegate import DelegatingOptimizer
 from ._diagnostics import StepInfo, step_info
+from ._linalg import no_autocast
 from ._losses import check_chunk_size
-from ._step import EngineSlot, Step, check_finite, decide, prepare, scale_of, scaling, skip, unscale
+from ._step import (
+    Decision,
+    EngineSlot,
+    Step,
+    check_finite,
+    decide,
+    prepare,
+    scale_of,
+    scaling,
+    skip,
+    unscale,
+)
 from .aggregation import Aggregator, GramianWeightedAggregator, UPGrad, Weighting
 from .autojac import kept_grads
 
@@ -64,6 +76,13 @@ class JDOptimizer(DelegatingOptimizer):
     pass each. Since the engines run several backward passes through one graph, JDOptimizer
     turns off torch.compile's donated buffers (``torch._functorch.config.donated_buffer``)
     when torch.compile is in use.
+
+    Mixed precision: whatever the caller's autocast, the parameters' dtype or the TF32
+    settings, the Gramian and the weights are at least float32 (float64 for a float64 model)
+    and the dual-cone solver works in float64, with exact float32 products for its float32
+    guesses; ``.grad`` keeps each parameter's dtype. Everything ``step`` and ``backward``
+    compute after the losses runs without autocast (the backward passes follow the dtypes of
+    the forward pass), so calling them inside ``torch.autocast`` changes nothing.
 
     Args:
         optimizer: the optimizer to wrap (SGD, Adam, AdamW, …), built as usual.
@@ -189,7 +208,9 @@ class JDOptimizer(DelegatingOptimizer):
         # The batched passes would leave an unusable .grad on losses or features that called
         # retain_grad(): they keep theirs.
         kept = [*(step.tasks or [step.losses]), *(step.features or [])]
-        with kept_grads(kept), compile_hint(self._compiled):
+        # Everything after the losses runs without the caller's autocast: the backward passes
+        # follow the forward's dtypes, and jdopt's own products stay in at least float32.
+        with kept_grads(kept), compile_hint(self._compiled), no_autocast(step.losses.device.type):
             self._run(step)
 
     def _run(self, step: Step) -> None:
@@ -201,11 +222,18 @@ class JDOptimizer(DelegatingOptimizer):
         found = backend.compute(step)
         scale = scale_of(self.scaler)
         gramian, unscaled = unscale(found, scale)
-        skipped = not check_finite(gramian, scaling=scaling(self.scaler))
+
+        def solve(gramian: Tensor) -> Decision | None:
+            if not check_finite(gramian, scaling=scaling(self.scaler)):
+                return None
+            return decide(self.aggregator, found, gramian, unscaled, scale)
+
+        # Under torch.distributed, rank 0's decision on every process (skip, error or change).
+        decision = backend.settle(found, gramian, solve)
         weights = None
-        if skipped:
+        if decision is None:
             skip(step.params)
         else:
-            weights, change = decide(self.aggregator, found, gramian, unscaled, scale)
+            weights, change = decision
             backend.apply(found, change)
-        self.last_step = step_info(found.engine, gramian, weights, skipped=skipped)
+        self.last_step = step_info(found.engine, gramian, weights, skipped=decision is None)

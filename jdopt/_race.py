@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,6 +51,10 @@ class Race(Backend):
                 self._clock = None if start is None else (name, start, step.losses.device)
                 return found
         return None
+
+    def settle(self, found: Found, gramian: Tensor, solve: Any, /) -> Any:
+        """The way that computed the step settles its decision (see ``Backend.settle``)."""
+        return self.ways[found.engine].settle(found, gramian, solve)
 
     def apply(self, found: Found, change: Tensor | list[Tensor], /) -> None:
         """The way that computed the step applies it; the step then counts for that way."""

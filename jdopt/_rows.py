@@ -47,11 +47,13 @@ def jacobian_rows(
     blocks = list(zip(*(g.split(size) for g in grad_outputs), strict=True))
     chunks: list[list[Tensor | None]] = []
     # Until an operation turns out to have no batching rule.
-    batched = not _through_compiled_code(outputs)
+    batched = not through_compiled_code(outputs)
     for k, block in enumerate(blocks):
         retain = retain_graph or k < len(blocks) - 1
         keep = retain or keep_for_fallback
-        rows, batched = _rows(outputs, inputs, block, retain=retain, keep=keep, batched=batched)
+        rows, batched = batched_or_looped_rows(
+            outputs, inputs, block, retain=retain, keep=keep, batched=batched
+        )
         chunks.append(rows)
     lengths = [len(block[0]) for block in blocks]
     return [_concat([chunk[i] for chunk in chunks], inputs[i], lengths) for i in range(len(inputs))]
@@ -63,7 +65,7 @@ def identity_rows(losses: Tensor) -> Tensor:
     return torch.eye(m, dtype=losses.dtype, device=losses.device).reshape(m, *losses.shape)
 
 
-def _rows(
+def batched_or_looped_rows(
     outputs: Sequence[Tensor],
     inputs: Sequence[Tensor],
     block: tuple[Tensor, ...],
@@ -139,7 +141,7 @@ def _loop_after(
         ) from failure
 
 
-def _through_compiled_code(outputs: Sequence[Tensor]) -> bool:
+def through_compiled_code(outputs: Sequence[Tensor]) -> bool:
     """Whether the graph of ``outputs`` goes through code compiled by ``torch.compile``.
 
     Such code is one ``CompiledFunctionBackward`` node, whose compiled kernels read their

@@ -9,7 +9,9 @@ Each ``backward`` runs the same pipeline (``JDOptimizer._run``):
    :class:`Jacobian` (one block per parameter);
 4. the optimizer unscales it (GradScaler) and checks it is finite, once — :func:`unscale`,
    :func:`check_finite` (a non-finite one under a GradScaler: :func:`skip`);
-5. the optimizer computes the weights (Gramian-based methods) or the update — :func:`decide`;
+5. the optimizer computes the weights (Gramian-based methods) or the update — :func:`decide` —
+   as the backend settles it (:meth:`Backend.settle`: under ``torch.distributed``, rank 0
+   decides, skips or raises for every process);
 6. the backend applies them: it writes ``.grad``.
 
 Backends (:class:`Backend`): :class:`Autogram` and :class:`MtlAutogram` on the Gramian
@@ -20,7 +22,7 @@ under ``torch.distributed`` (:mod:`._distributed`); ``jdopt._race.Race`` picks b
 from ._aggregate import check_finite, decide, scale_of, scaling, skip, unscale
 from ._autogram import Autogram, MtlAutogram
 from ._autojac import Autojac, MtlAutojac
-from ._backend import Backend, Found, Gramian, Jacobian
+from ._backend import Backend, Decision, Found, Gramian, Jacobian
 from ._distributed import DistributedAutogram, DistributedAutojac, DistributedMtlAutojac
 from ._engine import EngineSlot
 from ._inputs import Step, prepare
@@ -29,6 +31,7 @@ __all__ = [
     "Autogram",
     "Autojac",
     "Backend",
+    "Decision",
     "DistributedAutogram",
     "DistributedAutojac",
     "DistributedMtlAutojac",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._linalg import sum_of_gramians
+from .._linalg import at_least_float32, sum_of_gramians
 from ..aggregation import Aggregator, GramianWeightedAggregator, Weighting
 from ..autojac import add_grad, flatten_rows
 from ._backend import Found, Gramian
@@ -75,7 +75,8 @@ def decide(
         scale: the GradScaler's scale.
     """
     if not isinstance(aggregator, GramianWeightedAggregator):  # only from a Jacobian backend
-        update = aggregator(flatten_rows(unscaled))
+        jacobian = flatten_rows(unscaled)
+        update = aggregator(jacobian.to(at_least_float32(jacobian.dtype)))
         update = update * scale if scale != 1.0 else update
         return None, list(update.split([block.shape[1] for block in found.blocks]))
     weights = weights_of(aggregator.weighting, gramian, found.shape)

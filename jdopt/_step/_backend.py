@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +60,11 @@ class Jacobian:
 
 Found = Gramian | Jacobian
 
+Decision = tuple[Tensor | None, Tensor | list[Tensor]]
+"""The weights (``None`` for a method that is not weighted), and what the backend applies."""
+
+Solve = Callable[[Tensor], Decision | None]
+
 
 class Backend(ABC):
     """One way of computing what the aggregator needs, and of writing its result into
@@ -73,6 +78,18 @@ class Backend(ABC):
     def compute(self, step: Step, /) -> Found | None:
         """The Gramian or the Jacobian of ``step.losses``; ``None`` when this backend does not
         apply to the step (it then changed nothing, and another backend takes the step)."""
+
+    def settle(self, found: Found, gramian: Tensor, solve: Solve, /) -> Decision | None:
+        """The step's decision: ``solve(gramian)`` — the weights and the change, or ``None``
+        to skip the step. The distributed backends take rank 0's on every process.
+
+        Args:
+            found: what :meth:`compute` returned for this step.
+            gramian: its unscaled Gramian ``[m, m]``.
+            solve: the optimizer's decision for a Gramian; on a non-finite one it skips
+                (returns ``None``) or raises.
+        """
+        return solve(gramian)
 
     @abstractmethod
     def apply(self, found: Found, change: Tensor | list[Tensor], /) -> None:

@@ -11,7 +11,13 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from .._linalg import compute_gramian, flatten_generalized
+from .._linalg import (
+    at_least_float32,
+    compute_gramian,
+    exact_float32,
+    flatten_generalized,
+    no_autocast,
+)
 from ._checks import check_finite, check_gramian, check_matrix
 from ._differentiable import guard
 from ._repr import ConstructorRepr
@@ -43,7 +49,11 @@ class Weighting(ConstructorRepr, ABC):
 
     def __call__(self, gramian: Tensor, /) -> Tensor:
         check_gramian(gramian, min_rows=0 if self.accepts_no_objectives else 1)
-        weights = super().__call__(gramian)
+        dtype = at_least_float32(gramian.dtype)
+        with no_autocast(gramian.device.type), exact_float32():
+            weights = super().__call__(gramian.to(dtype))
+        if dtype != gramian.dtype:
+            weights = weights.to(gramian.dtype)
         return weights if self.differentiable else guard(weights, gramian, self, "gramian")
 
 
@@ -51,8 +61,9 @@ class Aggregator(ConstructorRepr, ABC):
     """Maps a Jacobian of shape ``[m, n]`` to an update of shape ``[n]``.
 
     Calling the module validates the Jacobian (a finite matrix, with at least one row unless
-    ``accepts_no_objectives``) first. ``repr`` is the constructor call (see
-    :class:`._repr.ConstructorRepr`), ``str`` the method's short name, as in TorchJD.
+    ``accepts_no_objectives``) first, and runs :meth:`forward` without autocast. ``repr`` is
+    the constructor call (see :class:`._repr.ConstructorRepr`), ``str`` the method's short
+    name, as in TorchJD.
 
     Attributes:
         accepts_no_objectives: whether a Jacobian with no rows (``[0, n]``) is valid input
@@ -71,7 +82,8 @@ class Aggregator(ConstructorRepr, ABC):
 
     def __call__(self, jacobian: Tensor, /) -> Tensor:
         check_matrix(jacobian, "jacobian", min_rows=0 if self.accepts_no_objectives else 1)
-        update = super().__call__(jacobian)
+        with no_autocast(jacobian.device.type):
+            update = super().__call__(jacobian)
         return update if self.differentiable else guard(update, jacobian, self, "jacobian")
 
     def __str__(self) -> str:
@@ -94,7 +106,8 @@ class WeightedAggregator(Aggregator):
         return self.weighting(jacobian)
 
     def forward(self, jacobian: Tensor, /) -> Tensor:
-        return self.compute_weights(jacobian) @ jacobian
+        # A half-precision Jacobian's weights come from a float32 Gramian (compute_gramian).
+        return self.compute_weights(jacobian).to(jacobian.dtype) @ jacobian
 
 
 class GramianWeightedAggregator(WeightedAggregator):

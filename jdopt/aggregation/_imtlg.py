@@ -22,7 +22,9 @@ class IMTLGWeighting(Weighting):
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         g = gramian.to(torch.float64)
-        norms = g.diagonal().clamp(min=0.0).sqrt()
+        # √0 has an infinite derivative: a zero row gets the zero one, as vector_norm gives.
+        diagonal = g.diagonal().clamp(min=0.0)
+        norms = torch.where(diagonal > 0, diagonal, 1.0).sqrt() * (diagonal > 0)
         v = torch.linalg.pinv(g, hermitian=True) @ norms
         total = v.sum()
         if total.abs() <= 1e-12 * v.abs().sum().clamp(min=torch.finfo(g.dtype).tiny):

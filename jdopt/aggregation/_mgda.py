@@ -47,9 +47,12 @@ class MGDAWeighting(Weighting):
         g = gramian.detach().to("cpu", torch.float64).numpy()
         corral = solve_simplex_qp(g, np.zeros(m), tol=self.epsilon, max_iters=self.max_iters)
         weights = torch.from_numpy(corral.dense(m)).to(dtype=gramian.dtype, device=gramian.device)
-        if gramian.requires_grad and torch.is_grad_enabled() and g.any():
-            # The solver's values, with the derivative of the closed form on its support.
-            closed = _differentiable_weights(gramian, corral.support)
+        support = corral.support
+        if gramian.requires_grad and torch.is_grad_enabled() and g[np.ix_(support, support)].any():
+            # The solver's values, with the derivative of the closed form on its support. A
+            # support of zero rows (its Gramian is zero: the min-norm point is the zero row) has
+            # locally constant weights, and no closed form (its system is singular).
+            closed = _differentiable_weights(gramian, support)
             weights = weights + (closed - closed.detach())
         return weights
 

@@ -33,7 +33,9 @@ class PCGradWeighting(GeneratorMixin, Weighting):
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
         device = self.draw_device(gramian.device)
-        orders = torch.rand(m, m, generator=self.generator, device=device).argsort(dim=1)
+        # float32 whatever the default dtype: the same generator gives the same orders.
+        draw = torch.rand(m, m, generator=self.generator, device=device, dtype=torch.float32)
+        orders = draw.argsort(dim=1)
         orders = orders.to(gramian.device)
         rows = torch.arange(m, device=gramian.device)
         weights = torch.eye(m, dtype=gramian.dtype, device=gramian.device)

@@ -63,14 +63,14 @@ def local_gramian(recording: Recording, step: Step) -> Tensor:
     ]
     parts.extend(_tied_parts(recording, step, rows))
     parts.extend(grads @ grads.T for grads in step.from_losses.values())
-    return _sum(parts)
+    return sum_parts(parts, step.order.device)
 
 
 def global_gramian(recording: Recording, step: Step, batch_dim: int | None) -> Tensor:
     """The Gramian of every process's objectives (see ``_distributed``); sets the step's
     global shape and offset."""
     layout, uses = step.layout, step.uses
-    shape = list(step.shape)
+    shape, sizes = list(step.shape), None
     if layout.per_sample:
         sizes = batch_sizes(shape[batch_dim], step.order.device)
         step.offset = sum(sizes[: rank()])
@@ -84,7 +84,7 @@ def global_gramian(recording: Recording, step: Step, batch_dim: int | None) -> T
             grads = [rule.per_objective(gathered[id(rule)], n, layout) for n in names]
             return torch.cat(grads, dim=1) * scale
         local = torch.cat([rule.per_objective(uses[id(rule)], n, layout) for n in names], 1)
-        return combine_rows(local, layout)
+        return combine_rows(local, layout, sizes)
 
     parts = []
     for rule, own in _own(recording, step):
@@ -95,9 +95,9 @@ def global_gramian(recording: Recording, step: Step, batch_dim: int | None) -> T
             parts.append(part @ part.T)
     parts.extend(_tied_parts(recording, step, rows))
     for grads in step.from_losses.values():
-        total = combine_rows(grads, layout)
+        total = combine_rows(grads, layout, sizes)
         parts.append(total @ total.T)
-    return _sum(parts)
+    return sum_parts(parts, step.order.device)
 
 
 def _own(recording: Recording, step: Step) -> list[tuple[Rule, list[str]]]:
@@ -106,18 +106,28 @@ def _own(recording: Recording, step: Step) -> list[tuple[Rule, list[str]]]:
 
 def _tied_parts(recording: Recording, step: Step, rows: Rows) -> list[Tensor]:
     """Parameters used by several closed-form modules: their per-objective gradients summed
-    over the owners first, then squared."""
+    over the owners first, then squared (on the losses' device: the owners may sit on others)."""
     parts = []
     for owners in recording.tied(step.uses, step.fallback):
-        summed = torch.stack([rows(rule, [name]) for rule, name in owners]).sum(dim=0)
+        summed = sum_parts([rows(rule, [name]) for rule, name in owners], step.order.device)
         parts.append(summed @ summed.T)
     return parts
 
 
-def _sum(parts: list[Tensor]) -> Tensor:
+def sum_parts(parts: list[Tensor], device: torch.device) -> Tensor:
+    """The sum of the Gramian's parts, on ``device`` (the losses'), in the widest of their
+    dtypes.
+
+    A model split over several devices gives each layer's part on that layer's device: each
+    part is moved before it is added. ``parts`` are fresh tensors (the rules' own): the sum
+    reuses the first when it already has the device and dtype.
+    """
     if not parts:
         raise ValueError("The losses depend on none of the hooked modules' parameters.")
-    total = parts[0]
+    dtype = parts[0].dtype
     for part in parts[1:]:
-        total += part  # parts are fresh tensors of the rules: adding in place is safe
+        dtype = torch.promote_types(dtype, part.dtype)
+    total = parts[0].to(device=device, dtype=dtype)
+    for part in parts[1:]:
+        total += part.to(device)  # in place: the rules' parts are not used after the sum
     return total

@@ -6,6 +6,11 @@ pass runs (see ``_streaming``) and whether the graph must outlive the pass;
 :func:`backward_to_outputs` runs that one pass (batched over the slices) and hands each call its
 output gradients ``[S, *output.shape]``; :func:`grads_from_losses` gives the fallback
 parameters' per-objective gradients, from a pass batched over the objectives.
+
+Both batched passes fall back to one backward pass per row where an operation has no batching
+rule (cuDNN's RNN backward, fused attention backward on CUDA, custom functions that read
+values): :class:`Batching` learns it once per engine, so that later passes neither fail nor
+keep the graph to recover.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._rows import jacobian_rows
 from ._assembly import Step
+from ._batching import Batching, batching_of
 from ._checks import check_untracked_uses
 from ._layout import Layout
 from ._objectives import Roots
@@ -44,10 +49,13 @@ def backward_step(
     # where the pass runs through that call.
     keep = retain_graph or plan.graph_needed
     retain = keep or bool(fallback)  # the fallback differentiates the losses again
-    uses, parts = backward_to_outputs(roots, plan, recorded, fallback, layout, retain)
+    batching = batching_of(recording)
+    uses, parts = backward_to_outputs(
+        roots, plan, recorded, fallback, layout, retain, batching["outputs"]
+    )
     # Every time: a tie or a penalty term can appear at any step.
     check_untracked_uses(roots.tensors, recording.rules, uses, fallback)
-    from_losses = grads_from_losses(roots, fallback, order, keep, not alone)
+    from_losses = grads_from_losses(roots, fallback, order, keep, not alone, batching["losses"])
     if not any(uses.values()) and not from_losses:
         raise ValueError(
             "The losses depend on none of the hooked modules' calls recorded since the last "
@@ -121,11 +129,17 @@ def _run_through(needed: Needed, targets: list) -> list[bool]:
 
 
 def backward_to_outputs(
-    roots: Roots, plan: Pass, recorded: Calls, fallback: dict, layout: Layout, retain_graph: bool
+    roots: Roots,
+    plan: Pass,
+    recorded: Calls,
+    fallback: dict,
+    layout: Layout,
+    retain_graph: bool,
+    batching: Batching,
 ) -> tuple[Calls, dict[int, Tensor]]:
     """Fills the output gradients ``[S, *output.shape]`` of the closed-form rules' calls;
     returns the calls the pass reached and the Gramian parts that rules made during it
-    (``id(rule) ↦ part``)."""
+    (``id(rule) ↦ part``). ``batching``: what the engine learned about this pass."""
     live: Calls = {key: [] for key in recorded}
     parts: dict[int, Tensor] = {}
     if not plan.targets:
@@ -139,7 +153,7 @@ def backward_to_outputs(
         if id(use) in plan.consumed
     ]
     try:
-        grads = _differentiate(roots, requested, layout.slices > 1, retain_graph)
+        grads = _differentiate(roots, requested, layout.slices > 1, retain_graph, batching)
     finally:
         for handle in handles:
             handle.remove()
@@ -164,20 +178,13 @@ def _check_something_recorded(recorded: Calls, fallback: dict) -> None:
 
 
 def _differentiate(
-    roots: Roots, requested: Needed, batched: bool, retain_graph: bool
+    roots: Roots, requested: Needed, batched: bool, retain_graph: bool, batching: Batching
 ) -> list[Tensor | None]:
     """The gradients of the roots at the requested calls' outputs (at their edges when modified
     in place: see ``_hooks``), ``[S, ...]`` when batched over the slices."""
     targets = [t for _, use in requested for t in use.targets()]
     if batched:  # one pass per slice where an operation cannot run batched
-        return jacobian_rows(
-            roots.tensors,
-            targets,
-            roots.cotangents,
-            retain_graph=retain_graph,
-            chunk_size=None,
-            keep_for_fallback=False,
-        )
+        return batching.rows(roots.tensors, targets, roots.cotangents, retain_graph)
     return torch.autograd.grad(
         roots.tensors,
         targets,
@@ -208,26 +215,20 @@ def grads_from_losses(
     order: Tensor,
     retain: bool,
     keep_unreached: bool,
+    batching: Batching,
 ) -> dict[int, Tensor]:
     """Per-objective gradients ``[R, numel]`` of the fallback parameters, from the losses.
 
     A parameter the roots do not reach gets no gradient, as with backward(), unless
     ``keep_unreached`` (the processes of a distributed engine keep zeros: they gather every
-    entry together)."""
+    entry together). ``batching``: what the engine learned about this pass."""
     if not fallback:
         return {}
     params = list(fallback.values())
     r = len(order)
     # Batched over the objectives; one pass per objective where an operation cannot run
-    # batched (when the failed batched pass left the graph, or it was retained).
-    grads = jacobian_rows(
-        roots.tensors,
-        params,
-        roots.per_objective(order),
-        retain_graph=retain,
-        chunk_size=None,
-        keep_for_fallback=False,
-    )
+    # batched.
+    grads = batching.rows(roots.tensors, params, roots.per_objective(order), retain)
     return {
         id(p): (p.new_zeros(r, p.numel()) if g is None else g.reshape(r, -1).to(p.dtype))
         for p, g in zip(params, grads, strict=True)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..distributed._collectives import all_gather_cat, all_reduce_, local_sizes
+from ..distributed._collectives import all_gather_cat, all_reduce_, gather_sizes
 from ._layout import Layout
 from ._rules import Rule, Use
 
@@ -25,36 +25,42 @@ def gathered_uses(
     rules: Sequence[Rule], uses: dict[int, list[Use]], device: torch.device
 ) -> dict[int, list[Use]]:
     """Every process's calls of the rules whose formulas only need inputs and output
-    gradients, concatenated along the batch (one gathered call per local call)."""
+    gradients, concatenated along the batch (one gathered call per local call).
+
+    The calls' batch sizes are gathered once, in one collective, before their tensors."""
     # On the computation's device: NCCL only communicates CUDA tensors.
-    counts = torch.tensor([len(uses[id(rule)]) for rule in rules], device=device)
-    if not bool((all_gather_cat(counts.unsqueeze(0), 0) == counts).all()):
+    counts = [len(uses[id(rule)]) for rule in rules]
+    calls = [(rule, use) for rule in rules if rule.gatherable for use in uses[id(rule)]]
+    local = [n for _, use in calls for n in (use.args[0].shape[0], use.grads[0].shape[1])]
+    everyone = gather_sizes(counts, device)
+    if any(n != count for count, sizes in zip(counts, everyone, strict=True) for n in sizes):
         raise RuntimeError(
             "The processes called the hooked modules a different number of times in this step. "
             "Every process must run the same model code on its share of the batch."
         )
-    gathered: dict[int, list[Use]] = {}
-    for rule in rules:
-        if rule.gatherable:
-            gathered[id(rule)] = [
-                Use((all_gather_cat(use.args[0], 0),), [], [], [all_gather_cat(use.grads[0], 1)])
-                for use in uses[id(rule)]
-            ]
+    sizes = gather_sizes(local, device)
+    gathered: dict[int, list[Use]] = {id(rule): [] for rule in rules if rule.gatherable}
+    for k, (rule, use) in enumerate(calls):
+        inputs = all_gather_cat(use.args[0], 0, sizes[2 * k])
+        grads = all_gather_cat(use.grads[0], 1, sizes[2 * k + 1])
+        gathered[id(rule)].append(Use((inputs,), [], [], [grads]))
     return gathered
 
 
-def combine_rows(grads: Tensor, layout: Layout) -> Tensor:
-    """Local per-objective gradients ``[S·B_local, n]`` → global ``[S·B_global, n]``."""
+def combine_rows(grads: Tensor, layout: Layout, sizes: list[int] | None = None) -> Tensor:
+    """Local per-objective gradients ``[S·B_local, n]`` → global ``[S·B_global, n]``;
+    ``sizes``: every process's batch size, when known."""
     if not layout.per_sample:
         grads = grads.clone()
         all_reduce_([grads], mean=True)
         return grads
-    s = layout.slices
-    return all_gather_cat(grads.reshape(s, -1, grads.shape[-1]), 1).reshape(-1, grads.shape[-1])
+    s, n = layout.slices, grads.shape[-1]
+    return all_gather_cat(grads.reshape(s, -1, n), 1, sizes).reshape(-1, n)
 
 
 def batch_sizes(local: int, device: torch.device) -> list[int]:
-    return local_sizes(local, device)
+    """Every process's batch size, in rank order."""
+    return gather_sizes([local], device)[0]
 
 
 def reduce_grads(grads: list[Tensor], layout: Layout) -> None:

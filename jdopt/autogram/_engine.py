@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .._linalg import no_autocast
 from .._losses import as_losses
 from ._checks import check_modules, losses_argument
 from ._pipeline import Pipeline
@@ -34,6 +35,11 @@ class Engine:
     modified in place) go to that fallback. A rule may record other tensors than its module's
     outputs (``MultiheadAttention``'s: the projections inside it); the engine differentiates to
     those.
+
+    Precision: the Gramian is computed in the parameters' dtype, at least float32 (float32 for a
+    bfloat16 or float16 model, float64 for a float64 one), whatever dtype autocast gave the
+    activations; the engine's calls run without autocast (their backward passes then follow the
+    dtypes of the forward pass), and the weighted gradients come in the parameters' dtype.
 
     Args:
         modules: the modules whose parameters the Gramian is taken over (none may contain
@@ -167,7 +173,8 @@ class Engine:
                 parameter was frozen or unfrozen since the engine was built.
         """
         losses = as_losses(*losses_argument(losses, output))
-        return self._pipeline.of_losses(losses, retain_graph)
+        with no_autocast(losses.device.type):
+            return self._pipeline.of_losses(losses, retain_graph)
 
     def compute_gramian_of_rows(
         self,
@@ -191,7 +198,8 @@ class Engine:
         """
         if self._pipeline.across_processes():
             raise RuntimeError("compute_gramian_of_rows does not support distributed engines.")
-        return self._pipeline.of_rows(outputs, cotangents, retain_graph)
+        with no_autocast(cotangents[0].device.type):
+            return self._pipeline.of_rows(outputs, cotangents, retain_graph)
 
     # ------------------------------------------------------------------ weighted gradients
     def accumulate_grads(self, weights: Tensor) -> None:
@@ -210,4 +218,5 @@ class Engine:
             raise RuntimeError("Call compute_gramian(losses) before accumulate_grads(weights).")
         flat = local_weights(step, weights, self.batch_dim)
         self._pipeline.last = None
-        add_to_grads(self._recording, step, weighted_grads(self._recording, step, flat))
+        with no_autocast(flat.device.type):
+            add_to_grads(self._recording, step, weighted_grads(self._recording, step, flat))

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._linalg import flatten_generalized
+from .._linalg import at_least_float32, flatten_generalized
 from ..distributed._collectives import world_size
 from ._assembly import Step, gramian_of
 from ._backward import backward_step
@@ -96,6 +96,15 @@ class Pipeline:
         alone = not self.across_processes()
         objectives = (roots, layout, order)
         step = backward_step(recording, recorded, fallback, objectives, retain_graph, alone)
+        _promote(step.from_losses)
         gramian = gramian_of(recording, step, self.plans, roots.tensors[0], alone)
         self.last = step
         return gramian
+
+
+def _promote(grads: dict[int, Tensor]) -> None:
+    """Per-objective gradients of half-precision parameters (from the losses, in the
+    parameters' dtype) in float32, for the Gramian and the weighted gradient: their products
+    would round or overflow."""
+    for key, grad in grads.items():
+        grads[key] = grad.to(at_least_float32(grad.dtype))

@@ -32,12 +32,14 @@ def weighted_grads(recording: Recording, step: Step, flat: Tensor) -> dict[int, 
     for rule in recording.rules:
         if not step.uses[id(rule)]:
             continue
-        for name, grad in rule.weighted(step.uses[id(rule)], flat, step.layout).items():
+        # On the rule's device: a model split over devices has its layers on several.
+        weights = flat.to(rule.param(rule.names[0]).device)
+        for name, grad in rule.weighted(step.uses[id(rule)], weights, step.layout).items():
             key = id(rule.param(name))
             if key not in step.fallback:
                 grads[key] = grads[key] + grad if key in grads else grad
     for key, per_objective in step.from_losses.items():
-        grads[key] = flat.to(per_objective.dtype) @ per_objective
+        grads[key] = flat.to(per_objective.device, per_objective.dtype) @ per_objective
     if step.global_shape is not None:  # every process adds its share, in the same order
         grads = {
             id(p): grads.get(id(p), torch.zeros_like(p)).reshape(p.shape) for p in recording.params

@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import Tensor
 
+from .._linalg import no_autocast
 from .._losses import as_losses, check_chunk_size, check_inputs
 from .._rows import identity_rows, jacobian_rows
 from ._accumulate import accumulate, flatten_rows, kept_grads
@@ -74,11 +75,18 @@ def backward(
     losses = as_losses(tensors, "tensors")
     if inputs is None:
         inputs = reached_leaves(entries)
-    with kept_grads([*entries, *inputs]):
-        blocks, used = compute_jacobian(
-            losses, inputs, retain_graph, parallel_chunk_size, zeros=True, keep_for_fallback=False
-        )
-    accumulate(aggregator(flatten_rows(blocks)), used)
+    # Without the caller's autocast: the backward passes follow the forward's dtypes.
+    with no_autocast(losses.device.type):
+        with kept_grads([*entries, *inputs]):
+            blocks, used = compute_jacobian(
+                losses,
+                inputs,
+                retain_graph,
+                parallel_chunk_size,
+                zeros=True,
+                keep_for_fallback=False,
+            )
+        accumulate(aggregator(flatten_rows(blocks)), used)
 
 
 def compute_jacobian(

@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import Tensor
 
+from .._linalg import no_autocast
 from .._losses import as_losses, check_chunk_size, check_inputs
 from .._rows import identity_rows, jacobian_rows
 from ._accumulate import accumulate, add_grad, flatten_rows, kept_grads
@@ -68,23 +69,24 @@ def mtl_backward(
     check_no_overlap(shared, heads, tasks_given=tasks_params is not None)
     if not shared and not heads:
         return
-    with kept_grads([*(tasks or [losses]), *features, *shared, *heads]):
-        blocks, used, head_grads = compute_mtl_jacobian(
-            losses,
-            features,
-            shared,
-            heads,
-            retain_graph,
-            parallel_chunk_size,
-            tasks,
-            listed=listed,
-            zeros=True,
-            keep_for_fallback=False,
-        )
-    if used:
-        accumulate(aggregator(flatten_rows(blocks)), used)
-    for param, grad in head_grads:
-        add_grad(param, grad)
+    with no_autocast(losses.device.type):  # as in backward
+        with kept_grads([*(tasks or [losses]), *features, *shared, *heads]):
+            blocks, used, head_grads = compute_mtl_jacobian(
+                losses,
+                features,
+                shared,
+                heads,
+                retain_graph,
+                parallel_chunk_size,
+                tasks,
+                listed=listed,
+                zeros=True,
+                keep_for_fallback=False,
+            )
+        if used:
+            accumulate(aggregator(flatten_rows(blocks)), used)
+        for param, grad in head_grads:
+            add_grad(param, grad)
 
 
 def compute_mtl_jacobian(

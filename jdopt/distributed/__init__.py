@@ -3,12 +3,13 @@
 Wrap the model in ``DistributedDataParallel`` as usual and give the wrapped model to
 ``JDOptimizer(optimizer, model=ddp_model, batch_dim=0)``: every process computes the Gramian of
 the losses of *all* processes (gathering each layer's inputs and output gradients, not
-Jacobians), the same weights, and its share of the weighted gradient, which is then summed over
-the processes. The step equals one process doing the same step on the whole batch.
+Jacobians); rank 0 decides the weights — or to skip the step, or an error — for every process
+(``_decision``), and each process computes its share of the weighted gradient, which is then
+summed over the processes. The step equals one process doing the same step on the whole batch.
 
 :func:`all_gather_cat`, :func:`all_reduce_` and :func:`broadcast_` are the collectives that
-:class:`jdopt.JDOptimizer` uses to gather Jacobian rows, reduce gradients and share weights (not
-part of the public API, hence not in ``__all__``).
+:class:`jdopt.JDOptimizer` uses to gather Jacobian rows, reduce gradients and share an update
+(not part of the public API, hence not in ``__all__``).
 """
 
 # Re-exported for JDOptimizer (``name as name``: not in ``__all__``).

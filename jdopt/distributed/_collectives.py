@@ -1,10 +1,14 @@
 """The collectives the engines use, over the default process group of ``torch.distributed``.
 
 Every call counts the bytes it sends from this process (``bytes_sent``), which the
-distributed benchmark reports next to DDP's own all-reduce.
+distributed benchmark reports next to DDP's own all-reduce. Tensors stay on their device (NCCL
+communicates CUDA tensors only); sizes are read on the host only where a caller does not know
+them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -22,6 +26,11 @@ def reset_bytes_sent() -> None:
     _sent[0] = 0
 
 
+def count_sent(tensor: Tensor) -> None:
+    """Counts ``tensor`` as sent by this process."""
+    _sent[0] += tensor.numel() * tensor.element_size()
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -34,35 +43,63 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def all_gather_cat(tensor: Tensor, dim: int) -> Tensor:
+def all_gather_cat(tensor: Tensor, dim: int, sizes: Sequence[int] | None = None) -> Tensor:
     """Concatenates every process's ``tensor`` along ``dim``, in rank order.
 
     The sizes along ``dim`` may differ between processes (e.g. a smaller last batch); the other
     dimensions must match.
+
+    Args:
+        tensor: this process's part.
+        dim: the dimension to concatenate along.
+        sizes: every process's size along ``dim``, in rank order, when the caller knows them
+            (e.g. from :func:`gather_sizes`, once for many calls): this call then neither
+            gathers them nor reads them on the host. ``None``: gathered here.
     """
-    tensor = tensor.contiguous()
-    size = torch.tensor([tensor.shape[dim]], device=tensor.device)
-    sizes = [torch.empty_like(size) for _ in range(world_size())]
-    dist.all_gather(sizes, size)
-    counts = [int(s) for s in sizes]
-    largest = max(counts)
-    if tensor.shape[dim] < largest:
-        pad = list(tensor.shape)
-        pad[dim] = largest - tensor.shape[dim]
-        tensor = torch.cat([tensor, tensor.new_zeros(pad)], dim=dim)
-    parts = [torch.empty_like(tensor) for _ in counts]
-    dist.all_gather(parts, tensor)
-    _sent[0] += tensor.numel() * tensor.element_size() + size.numel() * size.element_size()
-    return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, counts, strict=True)], dim=dim)
+    world = world_size()
+    if sizes is None:
+        sizes = local_sizes(tensor.shape[dim], tensor.device)
+    elif len(sizes) != world or sizes[rank()] != tensor.shape[dim]:
+        raise ValueError(
+            f"`sizes` {list(sizes)} should give each of the {world} processes' size along "
+            f"dimension {dim}, this process's being {tensor.shape[dim]}."
+        )
+    rows = tensor.movedim(dim, 0)
+    largest = max(sizes)
+    if largest == 0:
+        return tensor.new_empty(tensor.shape)
+    if rows.shape[0] < largest:  # padded to the largest, cut after
+        rows = torch.cat([rows, rows.new_zeros(largest - rows.shape[0], *rows.shape[1:])])
+    rows = rows.contiguous()
+    # One buffer; each process's rows land in their own view of it.
+    gathered = rows.new_empty(world * largest, *rows.shape[1:])
+    dist.all_gather(list(gathered.split(largest)), rows)
+    count_sent(rows)
+    if any(size != largest for size in sizes):
+        gathered = torch.cat(
+            [gathered.narrow(0, r * largest, size) for r, size in enumerate(sizes)]
+        )
+    return gathered if dim == 0 else gathered.movedim(0, dim).contiguous()
+
+
+def gather_sizes(counts: Sequence[int], device: torch.device) -> list[list[int]]:
+    """Every process's ``counts``, in one collective and one read on the host: entry ``i`` of
+    the result lists ``counts[i]`` of every process, in rank order.
+
+    Every process must give as many counts.
+    """
+    if not counts:
+        return []
+    local = torch.tensor(list(counts), dtype=torch.int64, device=device)
+    gathered = local.new_empty(world_size(), len(counts))
+    dist.all_gather(list(gathered.unbind(0)), local)
+    count_sent(local)
+    return gathered.T.tolist()
 
 
 def local_sizes(count: int, device: torch.device) -> list[int]:
     """Every process's ``count``, in rank order."""
-    size = torch.tensor([count], device=device)
-    sizes = [torch.empty_like(size) for _ in range(world_size())]
-    dist.all_gather(sizes, size)
-    _sent[0] += size.numel() * size.element_size()
-    return [int(s) for s in sizes]
+    return gather_sizes([count], device)[0]
 
 
 def all_reduce_(tensors: list[Tensor], *, mean: bool) -> None:
@@ -71,7 +108,7 @@ def all_reduce_(tensors: list[Tensor], *, mean: bool) -> None:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
-    _sent[0] += flat.numel() * flat.element_size()
+    count_sent(flat)
     if mean:
         flat /= world_size()
     for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
@@ -81,5 +118,6 @@ def all_reduce_(tensors: list[Tensor], *, mean: bool) -> None:
 def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
     """Makes every process hold rank ``src``'s ``tensor`` (in place)."""
     dist.broadcast(tensor, src)
-    _sent[0] += tensor.numel() * tensor.element_size() if rank() == src else 0
+    if rank() == src:
+        count_sent(tensor)
     return tensor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,36 @@ def mismatch_worker(rank: int, world: int, port: int, out: str) -> None:
             JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model=ddp, batch_dim=0)
         except ValueError as error:
             (Path(out) / f"refused{rank}.txt").write_text(str(error))
+    finally:
+        dist.destroy_process_group()
+    _exit_quietly()
+
+
+def decision_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Runs the one-decision cases (see ``_decisions``); each process saves what it did."""
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        from ._decisions import optimizer_cases, protocol_cases
+
+        report = {"protocol": protocol_cases(rank), "optimizer": optimizer_cases(rank)}
+        (Path(out) / f"decisions{rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+    _exit_quietly()
+
+
+def collectives_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Runs the collectives' cases (see ``_collective_cases``); each process saves them."""
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        from ._collective_cases import collective_cases
+
+        report = collective_cases(rank, world)
+        (Path(out) / f"collectives{rank}.json").write_text(json.dumps(report))
     finally:
         dist.destroy_process_group()
     _exit_quietly()

@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from ._scenarios import SCENARIOS, make_iwrm_model, run
+from ._spawn import spawn
 from ._worker import mismatch_worker, worker
-
-TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spawn(world: int, out: Path, target=worker) -> None:
-    context = mp.start_processes(
-        target, args=(world, _free_port(), str(out)), nprocs=world, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise TimeoutError(f"the {world} processes did not finish within {TIMEOUT_S} s")
+    spawn(world, out, target)
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"{w}ranks")

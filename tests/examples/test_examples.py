@@ -71,3 +71,13 @@ def test_ddp_iwrm_spawns_two_processes_that_stay_identical() -> None:
     )
     assert "parameters identical on every process: True" in result.stdout
     assert "shape (8,) (global batch)" in result.stdout
+
+
+def test_ddp_iwrm_places_each_process_on_its_local_gpu_or_all_on_the_cpu() -> None:
+    """NCCL and ``cuda:<local rank>`` when the machine has a GPU per local process; gloo and
+    the CPU otherwise (no GPU, or fewer GPUs than processes)."""
+    placement = runpy.run_path(str(EXAMPLES / "ddp_iwrm.py"), run_name="example")["placement"]
+    assert placement(1, 2, gpus=2) == ("nccl", torch.device("cuda", 1))
+    assert placement(3, 4, gpus=8) == ("nccl", torch.device("cuda", 3))
+    assert placement(1, 2, gpus=1) == ("gloo", torch.device("cpu"))
+    assert placement(0, 1, gpus=0) == ("gloo", torch.device("cpu"))

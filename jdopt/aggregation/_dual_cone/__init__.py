@@ -54,6 +54,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..._linalg import exact_float32, no_autocast
 from .._checks import check_choice
 from .._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
 from ._forms import factorize, facts
@@ -93,7 +94,8 @@ def project_weights(
         options: the native solver's tunables and plan switches (:class:`SolverOptions`).
 
     Returns:
-        ``[k, m]`` solutions ``v*``, on the device and dtype of ``gramian``.
+        ``[k, m]`` solutions ``v*``, on the device and dtype of ``gramian``; solved in float64
+        (and float32 guesses) whatever that dtype, the caller's autocast or TF32 settings.
 
     Raises:
         ValueError: on inconsistent shapes, non-finite preferences or warm start, an unknown
@@ -109,8 +111,9 @@ def project_weights(
         return project_weights_reference(preferences, gramian, solver)
     # Inference mode spares the solver's few hundred small operations autograd's bookkeeping
     # (version counters, view tracking): 5–18% of its time at m ≤ 128. The answer is cloned out
-    # of it, as a normal tensor that callers may use under autograd.
-    with torch.inference_mode():
+    # of it, as a normal tensor that callers may use under autograd. The float32 stages only
+    # guess for the float64 ones: autocast or TF32 would make their guesses worse (slower).
+    with torch.inference_mode(), no_autocast(gramian.device.type), exact_float32():
         weights = _project(preferences, gramian, initial, options)
     return weights.clone()
 

@@ -74,7 +74,7 @@ class ProjectionRule(Rule):
     ) -> list[tuple[Projection, Tensor, Tensor]]:
         """Every projection with its inputs ``[B', N, i]`` and output gradients
         ``[S, B', N, o]``."""
-        dtype = self.param(self.names[0]).dtype
+        dtype = self.dtype(self.names[0])
         factors = []
         for use in uses:
             for projection, x, grad in zip(use.projections, use.args, use.grads, strict=True):
@@ -131,20 +131,20 @@ class ProjectionRule(Rule):
                 total = part if total is None else total + part
         if total is None:
             r = layout.objectives(uses[0].args[0].shape[1])
-            return self.param(names[0]).new_zeros(r, r)
+            return self.param(names[0]).new_zeros(r, r, dtype=self.dtype(names[0]))
         return total
 
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
         blocks = self._blocks(uses, layout)
         if name not in blocks:
             r = layout.objectives(uses[0].args[0].shape[1])
-            return self.param(name).new_zeros(r, self.param(name).numel())
+            return self.param(name).new_zeros(r, self.param(name).numel(), dtype=self.dtype(name))
         return self._per_objective(blocks[name], name)
 
     def _per_objective(self, blocks: dict, name: str) -> Tensor:
         param = self.param(name)
         r = next(iter(blocks.values()))[1].shape[:2].numel()
-        grads = param.new_zeros(r, *param.shape)
+        grads = param.new_zeros(r, *param.shape, dtype=self.dtype(name))
         for (first, width), (x, dy) in blocks.items():
             if param.ndim == 2:
                 grads[:, first : first + width] += per_objective_factors(x, dy).reshape(
@@ -157,19 +157,23 @@ class ProjectionRule(Rule):
     def weighted(self, uses: Sequence[Use], weights: Tensor, layout: Layout) -> dict[str, Tensor]:
         # Linear in the calls: each projection adds (Σ_s w[s, b] dy[s, t, b])ᵀ x[t, b] to its
         # rows, computed in the activations' own order [T, B] (no copy of the gradients).
-        grads = {name: self.param(name).new_zeros(self.param(name).shape) for name in self.names}
+        grads = {
+            name: self.param(name).new_zeros(self.param(name).shape, dtype=self.dtype(name))
+            for name in self.names
+        }
+        dtype = self.dtype(self.names[0])
         for use in uses:
             for projection, x, grad in zip(use.projections, use.args, use.grads, strict=True):
                 if grad is None:
                     continue
                 t, b, i = x.shape
-                w = weights.reshape(grad.shape[0], -1).expand(-1, b).to(grad.dtype)  # [S, B]
+                w = weights.reshape(grad.shape[0], -1).expand(-1, b).to(dtype)  # [S, B]
                 dy = grad.reshape(-1, t, b, grad.shape[-1])
-                if dy.shape[0] == 1:
+                if dy.shape[0] == 1:  # in dtype, by type promotion
                     combined = dy[0] * w[0].reshape(1, b, 1)
                 else:
-                    combined = torch.einsum("sb,stbo->tbo", w, dy)
-                combined = combined.reshape(t * b, -1).to(grads[self.names[0]].dtype)
+                    combined = torch.einsum("sb,stbo->tbo", w, dy.to(dtype))
+                combined = combined.reshape(t * b, -1)
                 weight, bias = projection.weight, projection.bias
                 if weight[0] in grads:
                     rows = slice(weight[1], weight[1] + projection.width)

@@ -10,10 +10,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge
 from torch.utils.hooks import RemovableHandle
 
+from ..._linalg import at_least_float32
 from .._layout import Layout
 from ._methods import MEASURED, Chooser
 
@@ -165,6 +167,12 @@ class Rule(ABC):
         # Looked up once: reassigning a module's Parameter object needs a new engine.
         return self._params[name]
 
+    def dtype(self, name: str) -> torch.dtype:
+        """The dtype the rule computes parameter ``name``'s quantities in, whatever autocast
+        made its factors: the parameter's, at least float32 (a half-precision Gramian rounds
+        and overflows). ``add_to_grads`` casts the weighted gradient to the parameter's."""
+        return at_least_float32(self.param(name).dtype)
+
     @abstractmethod
     def per_objective(self, uses: Sequence[Use], name: str, layout: Layout) -> Tensor:
         """The gradient of every objective with respect to parameter ``name``: ``[R, numel]``."""
@@ -174,6 +182,7 @@ class Rule(ABC):
         total = None
         for name in names:
             grads = self.per_objective(uses, name, layout)
+            grads = grads.to(at_least_float32(grads.dtype))
             part = grads @ grads.T
             total = part if total is None else total + part
         return total
@@ -184,5 +193,6 @@ class Rule(ABC):
         for name in self.names:
             found = uses[0].kept.get(name)
             found = self.per_objective(uses, name, layout) if found is None else found
+            found = found.to(at_least_float32(found.dtype))
             grads[name] = (weights.to(found.dtype) @ found).reshape(self.param(name).shape)
         return grads

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..._linalg import product_with_transpose
+from ..._linalg import at_least_float32, product_with_transpose
 from .._layout import Layout
 from . import _conv_grads as kernels
 from ._base import Rule, Use
@@ -61,7 +61,7 @@ class ConvRule(Rule):
         if "conv" in use.cache:
             return use.cache["conv"]
         m = self.module
-        dtype = m.weight.dtype
+        dtype = at_least_float32(m.weight.dtype)
         x = layout.rows(use.args[0]).to(dtype)  # [B, N, C, *spatial]
         x = x.reshape(-1, *x.shape[2:])
         padding = m.padding

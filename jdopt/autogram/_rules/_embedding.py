@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..._linalg import product_with_transpose
+from ..._linalg import at_least_float32, product_with_transpose
 from .._layout import Layout
 from ._base import Rule, Use
 
@@ -24,7 +24,7 @@ class EmbeddingRule(Rule):
 
     def factors(self, uses: Sequence[Use], layout: Layout) -> tuple[Tensor, Tensor]:
         """Indices ``[B, T]`` and output gradients ``[S, B, T, d]`` of all calls."""
-        dtype = self.module.weight.dtype
+        dtype = at_least_float32(self.module.weight.dtype)
         indices, dys = [], []
         for use in uses:
             idx = layout.rows(use.args[0])

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..._linalg import at_least_float32
 from ..._rows import jacobian_rows
 from .._layout import Layout
 from ._base import Rule, Use
@@ -73,6 +74,7 @@ class LocalRule(Rule):
     def gramian(self, uses: Sequence[Use], names: Sequence[str], layout: Layout) -> Tensor:
         grads = self._per_objective(uses, layout)
         flat = torch.cat([grads[name] for name in names], dim=1)
+        flat = flat.to(at_least_float32(flat.dtype))  # autograd's are in the parameters' dtype
         return flat @ flat.T
 
     def _per_objective(self, uses: Sequence[Use], layout: Layout) -> dict[str, Tensor]:

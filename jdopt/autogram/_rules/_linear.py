@@ -25,7 +25,7 @@ class LinearRule(Rule):
 
     def factors(self, uses: Sequence[Use], layout: Layout) -> tuple[Tensor, Tensor]:
         """Inputs ``[B, T, i]`` and output gradients ``[S, B, T, o]`` of all calls."""
-        dtype = self.param(self.names[0]).dtype
+        dtype = self.dtype(self.names[0])
         xs, dys = [], []
         for use in uses:
             x = layout.rows(use.args[0])

@@ -34,7 +34,7 @@ class NormRule(Rule):
         return total
 
     def _use_grads(self, use: Use, name: str, layout: Layout) -> Tensor:
-        dtype = self.param(name).dtype
+        dtype = self.dtype(name)
         dy = layout.grad_rows(use.grads[0]).to(dtype)  # [S, B, N, *shape]
         if name == "weight":
             dy = dy * layout.rows(self.normalised(use.args[0].to(dtype))).unsqueeze(0)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..._linalg import at_least_float32
 from .._layout import Layout
 from ._base import Rule, Use
 from ._factors import (
@@ -131,7 +132,7 @@ class RecurrentRule(Rule):
     def _recompute(self, use: Use, layout: Layout) -> Factors:
         """One call's factors: its recurrence recomputed, then back-propagated."""
         m = self.module
-        dtype = getattr(m, f"weight_ih{self.cells[0]}").dtype
+        dtype = at_least_float32(getattr(m, f"weight_ih{self.cells[0]}").dtype)
         x = use.args[0].to(dtype)
         x = x.transpose(0, 1).contiguous() if m.batch_first else x  # [T, B, I]
         count = m.num_layers * (2 if m.bidirectional else 1)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from jdopt._linalg import normalize, regularize
 from jdopt.aggregation._dual_cone import project_weights
+from tests.utils.device import draw, draw_uniform
 
 F64 = torch.float64
 N = 60  # columns of the Jacobians
@@ -25,7 +26,9 @@ Family = Callable[[int, torch.Generator], Tensor]
 
 
 def randn(generator: torch.Generator, *shape: int) -> Tensor:
-    return torch.randn(*shape, generator=generator, dtype=F64)
+    """Drawn on the CPU from ``generator`` and moved to the test device: the same problems on
+    every device."""
+    return draw(*shape, generator=generator, dtype=F64)
 
 
 def rand(m: int, g: torch.Generator) -> Tensor:
@@ -97,8 +100,8 @@ def mixed_preferences(m: int, seed: int) -> Tensor:
     return torch.cat(
         [
             randn(g, 3, m),  # mixed signs (DualProj-like and worse)
-            torch.rand(1, m, generator=g, dtype=F64) * (torch.arange(m) % 2),  # zeros and > 0
-            -torch.rand(1, m, generator=g, dtype=F64),  # all negative: v* = 0
+            draw_uniform(1, m, generator=g, dtype=F64) * (torch.arange(m) % 2),  # zeros and > 0
+            -draw_uniform(1, m, generator=g, dtype=F64),  # all negative: v* = 0
             torch.zeros(1, m, dtype=F64),  # v* = 0
         ]
     )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import jdopt.aggregation as agg
+from tests.utils.device import seeded
 
 Factory = Callable[[int], nn.Module | None]
 
@@ -33,7 +34,8 @@ class Method:
 
 
 def _seeded() -> torch.Generator:
-    return torch.Generator().manual_seed(0)
+    """A CPU generator: the random methods draw on it and move the draw, on every device."""
+    return seeded(0)
 
 
 def _krum(m: int, cls: type) -> nn.Module | None:

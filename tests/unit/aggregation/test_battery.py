@@ -10,10 +10,12 @@ from torch import Tensor
 
 import jdopt.aggregation as agg
 from jdopt.aggregation import Aggregator, Weighting
+from tests.utils.device import draw_permutation, draw_uniform, seeded
 
 from ._matrices import HARD, INDEPENDENT, SIZES
 from ._registry import METHODS, Method
 
+F64 = torch.float64
 IDS = [method.name for method in METHODS]
 BASES = {"Aggregator", "Weighting", "WeightedAggregator", "GramianWeightedAggregator"}
 
@@ -90,11 +92,11 @@ def test_non_conflicting(method: Method) -> None:
     "method", [m for m in METHODS if m.linear_under_scaling], ids=lambda m: m.name
 )
 def test_linear_under_scaling(method: Method) -> None:
-    g = torch.Generator().manual_seed(1)
+    g = seeded(1)
     for m in SIZES:
         for family in INDEPENDENT[:2]:
             jacobian = family(m)
-            c1, c2 = (0.5 + 1.5 * torch.rand(m, 1, generator=g, dtype=torch.float64) for _ in "ab")
+            c1, c2 = (0.5 + 1.5 * draw_uniform(m, 1, generator=g, dtype=F64) for _ in "ab")
 
             def scaled(c: Tensor, jac: Tensor = jacobian, size: int = m) -> Tensor:
                 return method.aggregator(size)(c * jac)
@@ -110,7 +112,7 @@ def test_linear_under_scaling(method: Method) -> None:
 )
 def test_permutation_invariant(method: Method) -> None:
     for m in SIZES:
-        permutation = torch.randperm(m, generator=torch.Generator().manual_seed(m))
+        permutation = draw_permutation(m, generator=seeded(m))
         for family in INDEPENDENT:
             jacobian = family(m)
             if method.aggregator(m) is None:

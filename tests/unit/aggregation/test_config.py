@@ -7,12 +7,13 @@ import torch
 from torch.testing import assert_close
 
 from jdopt.aggregation import ConFIG
+from tests.utils.device import draw, seeded
 
 _R2 = math.sqrt(2)
 
 
 def _random(m: int, n: int = 6, seed: int = 0) -> torch.Tensor:
-    return torch.randn(m, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return draw(m, n, generator=seeded(seed), dtype=torch.float64)
 
 
 def _t(*values: float) -> torch.Tensor:

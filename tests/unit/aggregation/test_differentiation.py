@@ -12,6 +12,7 @@ from torch import Tensor
 
 import jdopt.aggregation as agg
 from jdopt.aggregation._differentiable import NotDifferentiableError
+from tests.utils.device import draw, seeded
 
 from ._registry import METHODS, Method
 
@@ -20,15 +21,15 @@ _STEP = 1e-6
 
 
 def _jacobian() -> Tensor:
-    g = torch.Generator().manual_seed(7)
-    return torch.randn(M, N, generator=g, dtype=torch.float64)
+    g = seeded(7)
+    return draw(M, N, generator=g, dtype=torch.float64)
 
 
 def _directions(point: Tensor, symmetric: bool) -> list[Tensor]:
     """Seeded directions to differentiate along (symmetric ones for a Gramian, whose
     derivative is only defined along symmetric perturbations)."""
-    g = torch.Generator().manual_seed(11)
-    directions = [torch.randn(point.shape, generator=g, dtype=torch.float64) for _ in range(3)]
+    g = seeded(11)
+    directions = [draw(point.shape, generator=g, dtype=torch.float64) for _ in range(3)]
     return [(d + d.T) / 2 for d in directions] if symmetric else directions
 
 
@@ -45,10 +46,10 @@ def _check(function, point: Tensor, size: int, symmetric: bool) -> None:
         assert abs(float((grad * direction).sum() - expected)) <= 1e-6 * (1 + abs(expected))
 
 
-def _forms(method: Method) -> list[tuple[str, object, Tensor, int]]:
+def _forms(method: Method, jacobian: Tensor | None = None) -> list[tuple[str, object, Tensor, int]]:
     """``(name, factory of the callable, point, output size)``: the aggregator on a Jacobian
-    and, for Gramian-based methods, the weighting on its Gramian."""
-    jacobian = _jacobian()
+    (default: ``_jacobian()``) and, for Gramian-based methods, the weighting on its Gramian."""
+    jacobian = _jacobian() if jacobian is None else jacobian
     forms = [("aggregator", method.aggregator, jacobian, N)]
     if method.weighting is not None:
         forms.append(("weighting", method.weighting, jacobian @ jacobian.T, M))
@@ -69,6 +70,23 @@ def test_autograd_through_a_differentiable_method_is_exact(method: Method) -> No
         _check(function, point, size, symmetric=form == "weighting")
 
 
+@pytest.mark.parametrize("method", DIFFERENTIABLE, ids=lambda m: m.name)
+def test_a_zero_row_gives_a_finite_gradient(method: Method) -> None:
+    """A zero row (an objective at a stationary point) is common in training: tracking
+    gradients leaves the result unchanged and gives finite gradients (MGDA's closed form on a
+    support of zero rows would be singular; √0 in IMTL-G has an infinite derivative)."""
+    jacobian = _jacobian()
+    jacobian[0] = 0.0
+    for form, factory, point, size in _forms(method, jacobian):
+        tracked = point.clone().requires_grad_()
+        output = factory(M)(tracked)
+        assert torch.equal(output.detach(), factory(M)(point)), form
+        if output.requires_grad:
+            v = torch.linspace(-1.0, 2.0, size, dtype=torch.float64)
+            (grad,) = torch.autograd.grad(output @ v, tracked)
+            assert torch.isfinite(grad).all(), form
+
+
 @pytest.mark.parametrize("method", REFUSED, ids=lambda m: m.name)
 def test_backward_through_a_method_solved_outside_autograd_raises(method: Method) -> None:
     for form, factory, point, _ in _forms(method):
@@ -81,8 +99,8 @@ def test_backward_through_a_method_solved_outside_autograd_raises(method: Method
 
 
 def _low_rank_float32(seed: int) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(20, 3, generator=g) @ torch.randn(3, 10, generator=g)
+    g = seeded(seed)
+    return draw(20, 3, generator=g) @ draw(3, 10, generator=g)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 
 import jdopt.aggregation as agg
+from tests.utils.device import draw, seeded
 
 
 def _generalized_gramian(jacobian: torch.Tensor) -> torch.Tensor:
@@ -16,7 +17,7 @@ def _generalized_gramian(jacobian: torch.Tensor) -> torch.Tensor:
 
 
 def test_flattening_equals_weighting_on_flattened_losses() -> None:
-    jacobian = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    jacobian = draw(3, 2, 5, generator=seeded(0), dtype=torch.float64)
     weights = agg.Flattening(agg.UPGradWeighting())(_generalized_gramian(jacobian))
     flat = jacobian.reshape(6, 5)
     expected = agg.UPGradWeighting()(flat @ flat.T).reshape(3, 2)
@@ -25,7 +26,7 @@ def test_flattening_equals_weighting_on_flattened_losses() -> None:
 
 
 def test_flattening_of_a_vector_and_of_a_scalar() -> None:
-    jacobian = torch.randn(4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    jacobian = draw(4, 5, generator=seeded(1), dtype=torch.float64)
     gramian = jacobian @ jacobian.T
     assert torch.allclose(
         agg.Flattening(agg.MGDAWeighting())(gramian), agg.MGDA().compute_weights(jacobian)

@@ -9,10 +9,11 @@ from torch import Tensor
 from torch.testing import assert_close
 
 from jdopt.aggregation import GradDrop
+from tests.utils.device import draw, draw_uniform, seeded
 
 
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return seeded(seed)
 
 
 def _t(*values: float) -> Tensor:
@@ -46,13 +47,13 @@ def _reference(
 
 
 def _draw(seed: int, n: int) -> Tensor:
-    return torch.rand(n, generator=_gen(seed), dtype=torch.float64)
+    return draw_uniform(n, generator=_gen(seed), dtype=torch.float64)
 
 
 @pytest.mark.parametrize("m", [1, 2, 5])
 @pytest.mark.parametrize("with_leak", [False, True])
 def test_matches_per_coordinate_reference(m: int, with_leak: bool) -> None:
-    jacobian = torch.randn(m, 9, generator=_gen(m), dtype=torch.float64)
+    jacobian = draw(m, 9, generator=_gen(m), dtype=torch.float64)
     jacobian[:, 0] = 0.0  # an all-zero column
     leak = torch.linspace(0.0, 1.0, m, dtype=torch.float64) if with_leak else None
     update = GradDrop(leak=leak, generator=_gen(7))(jacobian)
@@ -60,7 +61,7 @@ def test_matches_per_coordinate_reference(m: int, with_leak: bool) -> None:
 
 
 def test_matches_reference_with_custom_f() -> None:
-    jacobian = torch.randn(4, 9, generator=_gen(1), dtype=torch.float64)
+    jacobian = draw(4, 9, generator=_gen(1), dtype=torch.float64)
     f = torch.sqrt
     assert_close(GradDrop(f=f, generator=_gen(3))(jacobian), _reference(jacobian, _draw(3, 9), f))
 
@@ -101,7 +102,7 @@ def test_single_sign_columns_pass_through() -> None:
 
 
 def test_same_seed_same_output_and_state_dict_continues_the_sequence() -> None:
-    jacobian = torch.randn(4, 50, generator=_gen(0), dtype=torch.float64)
+    jacobian = draw(4, 50, generator=_gen(0), dtype=torch.float64)
     a, b = GradDrop(generator=_gen(5)), GradDrop(generator=_gen(5))
     assert_close(a(jacobian), b(jacobian))
     state = a.state_dict()
@@ -115,7 +116,7 @@ def test_same_seed_same_output_and_state_dict_continues_the_sequence() -> None:
 @pytest.mark.parametrize("scale", [0.0, 1e-10, 1e10])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hard_inputs_finite(scale: float, dtype: torch.dtype) -> None:
-    jacobian = torch.randn(3, 5, generator=_gen(0), dtype=dtype)
+    jacobian = draw(3, 5, generator=_gen(0), dtype=dtype)
     jacobian[1] = jacobian[0]
     jacobian[2] = 0.0
     update = GradDrop(leak=torch.tensor([0.2, 0.0, 1.0]), generator=_gen(0))(scale * jacobian)

@@ -10,10 +10,11 @@ from torch.testing import assert_close
 
 from jdopt.aggregation import NashMTL
 from jdopt.aggregation._nash_solver import RIDGE
+from tests.utils.device import draw, on_device, seeded
 
 
 def _random(m: int, n: int = 6, seed: int = 0) -> Tensor:
-    return torch.randn(m, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return draw(m, n, generator=seeded(seed), dtype=torch.float64)
 
 
 def _t(*values: float) -> Tensor:
@@ -39,7 +40,7 @@ def test_weights_solve_the_bargaining_equation(m: int, scale: float) -> None:
 def test_weights_minimise_the_potential() -> None:
     optimize = pytest.importorskip("scipy.optimize")
     jacobian = _random(4, seed=3)
-    gramian = (jacobian @ jacobian.T).numpy()
+    gramian = (jacobian @ jacobian.T).cpu().numpy()
 
     def potential(x: np.ndarray) -> tuple[float, np.ndarray]:
         return 0.5 * x @ gramian @ x - sum(math.log(v) for v in x), gramian @ x - 1 / x
@@ -52,7 +53,7 @@ def test_weights_minimise_the_potential() -> None:
         method="L-BFGS-B",
         options={"ftol": 1e-15, "gtol": 1e-12},
     )
-    assert_close(_alpha(jacobian), torch.from_numpy(result.x), rtol=1e-4, atol=0)
+    assert_close(_alpha(jacobian), on_device(torch.from_numpy(result.x)), rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize(

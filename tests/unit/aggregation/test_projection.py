@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from jdopt.aggregation import DualProj, UPGrad
+from tests.utils.device import draw, draw_permutation, seeded
 
 from ._matrices import N, conflicting, duplicated, rank_deficient, with_zero_row, zero
 
@@ -20,9 +21,9 @@ KKT_TOLERANCE = 1e-7
 
 
 def _rank(m: int, rank: int, seed: int) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    left = torch.randn(m, rank, generator=g, dtype=torch.float64)
-    return left @ torch.randn(rank, N, generator=g, dtype=torch.float64)
+    g = seeded(seed)
+    left = draw(m, rank, generator=g, dtype=torch.float64)
+    return left @ draw(rank, N, generator=g, dtype=torch.float64)
 
 
 def _scale(jacobian: Tensor, update: Tensor) -> float:
@@ -64,7 +65,7 @@ def test_rank_deficient_jacobians_are_permutation_invariant(
     method: type, reg_eps: float, m: int, rank: int, seed: int
 ) -> None:
     jacobian = _rank(m, rank, seed)
-    permutation = torch.randperm(m, generator=torch.Generator().manual_seed(seed))
+    permutation = draw_permutation(m, generator=seeded(seed))
     aggregator = method(reg_eps=reg_eps)
     update, permuted = aggregator(jacobian), aggregator(jacobian[permutation])
     assert torch.allclose(permuted, update, rtol=1e-7, atol=1e-7 * float(jacobian.abs().max()))

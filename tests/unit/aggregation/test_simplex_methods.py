@@ -17,15 +17,14 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 import jdopt.aggregation as agg
+from tests.utils.device import draw, on_device, seeded
 
 from ._matrices import HARD
 
 
 def _low_rank(m: int, rank: int, seed: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(m, rank, generator=g).to(dtype) @ torch.randn(rank, 200, generator=g).to(
-        dtype
-    )
+    g = seeded(seed)
+    return draw(m, rank, generator=g).to(dtype) @ draw(rank, 200, generator=g).to(dtype)
 
 
 def _mgda_gap(jacobian: Tensor, weights: Tensor) -> float:
@@ -64,7 +63,7 @@ def test_mgda_gives_zero_when_zero_is_in_the_hull() -> None:
 
 def _cagrad_reference(jacobian: Tensor, c: float) -> tuple[Tensor, float]:
     """``argmax_{‖d − g₀‖ ≤ c‖g₀‖} minᵢ gᵢ·d`` and its value, by SLSQP over ``(d, z)``."""
-    j = jacobian.double().numpy()
+    j = jacobian.double().cpu().numpy()
     g0 = j.mean(axis=0)
     radius = c * float((g0 @ g0) ** 0.5)
     n = j.shape[1]
@@ -85,7 +84,7 @@ def _cagrad_reference(jacobian: Tensor, c: float) -> tuple[Tensor, float]:
         method="SLSQP",
         options={"ftol": 1e-15, "maxiter": 1000},
     )
-    return torch.from_numpy(result.x[:n]), float(result.x[n])
+    return on_device(torch.from_numpy(result.x[:n])), float(result.x[n])
 
 
 def _dz(j: np.ndarray) -> np.ndarray:
@@ -126,15 +125,15 @@ def test_cagrad_with_zero_in_the_hull_matches_its_definition(c: float) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2, 12, 31])
 @pytest.mark.parametrize(("m", "n", "c"), [(4, 3, 0.5), (3, 3, 0.4), (20, 10, 0.5), (6, 30, 0.9)])
 def test_cagrad_matches_its_definition(m: int, n: int, c: float, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    _check_cagrad(torch.randn(m, n, generator=g, dtype=torch.float64), c)
+    g = seeded(seed)
+    _check_cagrad(draw(m, n, generator=g, dtype=torch.float64), c)
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_cagrad_matches_its_definition_on_rank_deficient_jacobians(seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(8, 2, generator=g, dtype=torch.float64)
-    _check_cagrad(a @ torch.randn(2, 6, generator=g, dtype=torch.float64), 0.5)
+    g = seeded(seed)
+    a = draw(8, 2, generator=g, dtype=torch.float64)
+    _check_cagrad(a @ draw(2, 6, generator=g, dtype=torch.float64), 0.5)
 
 
 def test_cagrad_on_a_rank_deficient_float32_jacobian_converges() -> None:

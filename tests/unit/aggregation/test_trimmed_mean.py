@@ -5,6 +5,7 @@ import torch
 from torch.testing import assert_close
 
 from jdopt.aggregation import TrimmedMean
+from tests.utils.device import draw, seeded
 
 
 def _reference(jacobian: torch.Tensor, trim_number: int) -> torch.Tensor:
@@ -20,7 +21,7 @@ def _reference(jacobian: torch.Tensor, trim_number: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(("m", "trim_number"), [(1, 0), (3, 1), (5, 2), (6, 1), (9, 3)])
 def test_matches_per_coordinate_reference(m: int, trim_number: int) -> None:
-    jacobian = torch.randn(m, 7, generator=torch.Generator().manual_seed(m), dtype=torch.float64)
+    jacobian = draw(m, 7, generator=seeded(m), dtype=torch.float64)
     assert_close(TrimmedMean(trim_number)(jacobian), _reference(jacobian, trim_number))
 
 
@@ -45,7 +46,7 @@ def test_trims_outliers_and_is_permutation_invariant() -> None:
 @pytest.mark.parametrize("scale", [0.0, 1e-10, 1.0, 1e10])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_finite_and_positively_homogeneous(scale: float, dtype: torch.dtype) -> None:
-    jacobian = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    jacobian = draw(5, 4, generator=seeded(0), dtype=dtype)
     jacobian[1] = jacobian[0]
     update = TrimmedMean(1)(scale * jacobian)
     assert update.dtype == dtype

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from tests.utils.device import CPU, DEVICE, seeded
+
 BATCH = 4
 VOCABULARY = 7
 DTYPE = torch.float64
@@ -20,7 +22,7 @@ class Architecture:
     Args:
         name: the test id.
         build: builds the model (seeded, float64, training mode).
-        inputs: the positional inputs of one batch, drawn from a generator.
+        inputs: the positional inputs of one batch, drawn from a CPU generator on ``DEVICE``.
     """
 
     name: str
@@ -28,9 +30,12 @@ class Architecture:
     inputs: Callable[[torch.Generator], tuple[Tensor, ...]]
 
     def make(self, seed: int = 0) -> tuple[nn.Module, tuple[Tensor, ...]]:
-        torch.manual_seed(seed)
-        model = self.build().to(DTYPE).train()
-        return model, self.inputs(torch.Generator().manual_seed(seed + 1))
+        """The model and one batch, on ``DEVICE``: initialised on the CPU from ``seed`` and
+        moved, so that every device tests the same numbers."""
+        with torch.device(CPU):
+            torch.manual_seed(seed)
+            model = self.build().to(DTYPE)
+        return model.to(DEVICE).train(), self.inputs(seeded(seed + 1))
 
     @staticmethod
     def outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:

@@ -42,7 +42,7 @@ class AttentionBatchFirst(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # x: [B, T, 3]
         h = self.embed(x)
-        mask = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool)
+        mask = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
         mask[::2, -1] = True  # padding at the end of every other sample
         h, _ = self.attention(h, h, h, key_padding_mask=mask)
         return self.head(h)

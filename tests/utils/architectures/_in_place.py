@@ -50,7 +50,7 @@ class EmbeddingPositionsInPlace(nn.Module):
 
     def forward(self, idx: Tensor) -> Tensor:
         h = self.tokens(idx)
-        h += self.positions(torch.arange(idx.shape[1]).expand_as(idx))
+        h += self.positions(torch.arange(idx.shape[1], device=idx.device).expand_as(idx))
         return self.head(torch.tanh(h).mean(dim=1))
 
 
