@@ -59,14 +59,16 @@ def admm(
     step = _step(qp, penalty, diagonal, options.relaxation)
     start = _start(qp, x, options, penalty, diagonal and x is None)
     scale, steps = qp.scale().squeeze(1), options.admm_steps
-    rough = Step(*(a.float() for a in step[:4]), options.float32_tolerance * scale.float())
+    matrix, weight, bias, gradient = step.matrix, step.weight, step.bias, step.gradient_at_lower
+    slack = options.float32_tolerance * scale.float()
+    rough = Step(matrix.float(), weight.float(), bias.float(), gradient.float(), slack)
     t, rough_solved = _run(rough, start.float(), steps, first, options, give_up)
     t = t.double()
-    if int(rough_solved.count_nonzero()) < options.enough * len(t):  # slow: leave it all
+    if int(rough_solved.count_nonzero()) < options.enough * t.shape[0]:  # slow: leave it all
         return qp.lower + t.clamp_min_(0), torch.zeros_like(rough_solved)
     # Every row goes on in float64, those float32 left too: most of them only sit at float32's
     # rounding floor, just above its tolerance.
-    tight = step._replace(slack=options.tolerance * scale)
+    tight = Step(matrix, weight, bias, gradient, options.tolerance * scale)
     t, solved = _run(tight, t, steps // 2, options.float64_first_check, options)
     return qp.lower + t.clamp_min_(0), solved
 
@@ -94,12 +96,12 @@ def _run(
         if iteration < schedule.next_check and iteration != max_iter:
             continue
         done, level = batch.check()
-        count = int(done.count_nonzero())
-        if count == len(done):
+        count, rows = int(done.count_nonzero()), done.shape[0]
+        if count == rows:
             break
-        if schedule.stop(iteration, level, (count, len(done)), max_iter, batch.size):
+        if schedule.stop(iteration, level, (count, rows), max_iter, batch.size):
             break
-        if 2 * count >= len(done):  # the solved rows leave the batch
+        if 2 * count >= rows:  # the solved rows leave the batch
             batch.drop(done)
             t, magnitude, bias = batch.t, batch.magnitude, batch.step.bias
     return batch.result()

@@ -25,9 +25,7 @@ class Step(NamedTuple):
     def rows(self, keep: Tensor) -> Step:
         """The step of the rows ``keep`` (the matrices are shared)."""
         slack = None if self.slack is None else self.slack[keep]
-        return self._replace(
-            bias=self.bias[keep], gradient_at_lower=self.gradient_at_lower[keep], slack=slack
-        )
+        return Step(self.matrix, self.weight, self.bias[keep], self.gradient_at_lower[keep], slack)
 
 
 class Batch:
@@ -38,7 +36,7 @@ class Batch:
         self.rows: Tensor | None = None  # of ``out``, once rows have left
         self.done = t  # set by every check, the last of which comes before the result
         self.magnitude = torch.empty_like(t)
-        self.size = len(t)
+        self.size = t.shape[0]
 
     def check(self) -> tuple[Tensor, Tensor]:
         """``([k] solved, [k] residual in tolerances)`` at ``z`` (:func:`._problem.violation`)."""

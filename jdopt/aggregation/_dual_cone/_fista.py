@@ -51,12 +51,12 @@ def fista(
         next_momentum = (1 + (1 + 4 * momentum**2) ** 0.5) / 2
         torch.lerp(x, new, 1 + (momentum - 1) / next_momentum, out=point)
         x, new, momentum = new, x, next_momentum
-    return x, torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    return x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
 
 def _settled(previous: Tensor, active: Tensor, rows_per_change: int) -> bool:
     """Whether at most one coordinate per ``rows_per_change`` rows changed sides."""
-    return int((previous ^ active).sum()) <= len(active) // rows_per_change
+    return int((previous ^ active).sum()) <= active.shape[0] // rows_per_change
 
 
 def largest_eigenvalue(matrix: Tensor, squaring_size: int, iterations: int = 10) -> float:

@@ -80,7 +80,7 @@ def _stages(attempt: Attempt, qp: BoxQP, x: Tensor | None, options: Options) -> 
         else:
             x[todo], solved[todo] = found, done
         count = int(solved.count_nonzero())
-        if count == len(solved):
+        if count == solved.shape[0]:
             break
     return x
 
