@@ -16,12 +16,10 @@ from torch import Tensor
 
 from .._ddp import sync_grads
 from ..autojac import compute_jacobian, flatten_rows
-from ..distributed import all_gather_cat, all_reduce_, broadcast_
-from ..distributed._collectives import rank
-from ..distributed._decision import Slot, decide_once
+from ..distributed import Slot, all_gather_cat, all_reduce_, decide_once, rank
 from ._autogram import Autogram
 from ._autojac import Autojac, MtlAutojac
-from ._backend import Decision, Found, Gramian, Jacobian, Solve
+from ._backend import Decision, Found, Jacobian, Solve
 from ._engine import EngineSlot
 from ._inputs import Step
 
@@ -30,12 +28,9 @@ class OneDecision:
     """Rank 0's decision for the step, on every process.
 
     :meth:`settle` runs the optimizer's ``solve`` on rank 0 only and sends its outcome to the
-    other processes with the values, in one collective (see ``jdopt.distributed._decision``).
-    :meth:`apply` then applies the settled change; a change that did not come from
-    :meth:`settle` is first replaced by rank 0's (one broadcast).
+    other processes with the values, in one collective (see ``jdopt.distributed._decision``);
+    the pipeline hands the settled change to :meth:`apply`, so every process applies rank 0's.
     """
-
-    _settled: Tensor | None = None
 
     def settle(self, found: Found, gramian: Tensor, solve: Solve, /) -> Decision | None:
         """The step's decision, identical on every process: rank 0's ``solve(gramian)``.
@@ -57,7 +52,6 @@ class OneDecision:
         Raises:
             The error ``solve`` raised on rank 0, on every process.
         """
-        self._settled = None
         jacobian = isinstance(found, Jacobian)
 
         def on_rank0() -> list[Tensor | None] | None:
@@ -84,18 +78,7 @@ class OneDecision:
             return None
         weights, *update = outcome.values
         weights = None if weights is None else weights.reshape(found.shape)
-        change = update[0] if jacobian else weights
-        self._settled = change
-        return weights, change
-
-    def _rank0(self, change: Tensor | list[Tensor]) -> Tensor:
-        """The change to apply, rank 0's: the settled one as it is, any other broadcast."""
-        settled, self._settled = self._settled, None
-        if settled is not None and change is settled:
-            return settled
-        if isinstance(change, Tensor):
-            return broadcast_(change)
-        return broadcast_(change[0] if len(change) == 1 else torch.cat(change))
+        return weights, update[0] if jacobian else weights
 
 
 def _slots(found: Found) -> list[Slot]:
@@ -117,9 +100,6 @@ class DistributedAutogram(OneDecision, Autogram):
     def __init__(self, slot: EngineSlot, batch_dim: int | None) -> None:
         super().__init__(slot)
         self.batch_dim = batch_dim
-
-    def apply(self, found: Gramian, weights: Tensor, /) -> None:
-        super().apply(found, self._rank0(weights))
 
     def _backward(self, step: Step, weights: Tensor) -> None:
         if self.batch_dim is not None:  # this process's samples in the global batch
@@ -149,9 +129,6 @@ class DistributedAutojac(OneDecision, Autojac):
             shape, jacobian = rows.shape[:-1], rows.reshape(-1, jacobian.shape[1])
         return Jacobian([jacobian], step.params, shape, self.name)
 
-    def apply(self, found: Jacobian, update: Tensor | list[Tensor], /) -> None:
-        super().apply(found, self._rank0(update))
-
 
 class DistributedMtlAutojac(OneDecision, MtlAutojac):
     """The Jacobian of the mean of the processes' task losses over the trunk, and the mean of
@@ -161,6 +138,3 @@ class DistributedMtlAutojac(OneDecision, MtlAutojac):
         found = super().compute(step)
         all_reduce_([*found.blocks, *(grad for _, grad in found.heads)], mean=True)
         return found
-
-    def apply(self, found: Jacobian, update: Tensor | list[Tensor], /) -> None:
-        super().apply(found, self._rank0(update))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..distributed._collectives import rank, world_size
+from ..distributed import rank, world_size
 from ._distributed import batch_sizes, combine_rows, gathered_uses
 from ._layout import Layout
 from ._objectives import Plans, generalize

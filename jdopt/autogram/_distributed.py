@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..distributed._collectives import all_gather_cat, all_reduce_, gather_sizes
+from ..distributed import all_gather_cat, all_reduce_, gather_sizes
 from ._layout import Layout
 from ._rules import Rule, Use
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._linalg import at_least_float32, flatten_generalized
-from ..distributed._collectives import world_size
+from ..distributed import world_size
 from ._assembly import Step, gramian_of
 from ._backward import backward_step
 from ._checks import check_against_backward

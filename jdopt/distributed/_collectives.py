@@ -58,7 +58,7 @@ def all_gather_cat(tensor: Tensor, dim: int, sizes: Sequence[int] | None = None)
     """
     world = world_size()
     if sizes is None:
-        sizes = local_sizes(tensor.shape[dim], tensor.device)
+        sizes = gather_sizes([tensor.shape[dim]], tensor.device)[0]
     elif len(sizes) != world or sizes[rank()] != tensor.shape[dim]:
         raise ValueError(
             f"`sizes` {list(sizes)} should give each of the {world} processes' size along "
@@ -97,11 +97,6 @@ def gather_sizes(counts: Sequence[int], device: torch.device) -> list[list[int]]
     return gathered.T.tolist()
 
 
-def local_sizes(count: int, device: torch.device) -> list[int]:
-    """Every process's ``count``, in rank order."""
-    return gather_sizes([count], device)[0]
-
-
 def all_reduce_(tensors: list[Tensor], *, mean: bool) -> None:
     """Sums (or averages) ``tensors`` over the processes, in place, in one flat buffer."""
     if not tensors:
@@ -113,11 +108,3 @@ def all_reduce_(tensors: list[Tensor], *, mean: bool) -> None:
         flat /= world_size()
     for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
         t.copy_(part.reshape(t.shape))
-
-
-def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
-    """Makes every process hold rank ``src``'s ``tensor`` (in place)."""
-    dist.broadcast(tensor, src)
-    if rank() == src:
-        count_sent(tensor)
-    return tensor
