@@ -169,9 +169,8 @@ def normalize(gramian: Tensor, eps: float) -> Tensor:
     solving for: returning zeros makes the callers fall back to their preference weights.
     """
     trace = gramian.diagonal().sum()
-    if trace <= eps:
-        return torch.zeros_like(gramian)
-    return gramian / trace
+    # Without a branch, which would read the trace on the host.
+    return torch.where(trace > eps, gramian / trace, torch.zeros_like(gramian))
 
 
 def regularize(gramian: Tensor, eps: float) -> Tensor:

@@ -27,8 +27,7 @@ from ._step import (
     Decision,
     EngineSlot,
     Step,
-    check_finite,
-    decide,
+    decide_checked,
     prepare,
     scale_of,
     scaling,
@@ -204,7 +203,7 @@ class JDOptimizer(DelegatingOptimizer):
                 "`jd.step(losses)` (or `jd.backward(losses)` then `jd.step()`)."
             )
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
-        step = prepare(losses, features, params, finite=not scaling(self.scaler))
+        step = prepare(losses, features, params)
         # The batched passes would leave an unusable .grad on losses or features that called
         # retain_grad(): they keep theirs.
         kept = [*(step.tasks or [step.losses]), *(step.features or [])]
@@ -215,8 +214,9 @@ class JDOptimizer(DelegatingOptimizer):
 
     def _run(self, step: Step) -> None:
         """One step: refresh the engine, choose the backend, which computes the Gramian or the
-        Jacobian; unscale and check it, compute the weights or the update; the backend applies
-        them. A non-finite Gramian under a GradScaler skips the step (NaN gradients)."""
+        Jacobian; unscale it, compute the weights or the update, then check the losses, the
+        Gramian and the weights in one read of the device; the backend applies them. A
+        non-finite Gramian under a GradScaler skips the step (NaN gradients)."""
         usable = self._slot.refresh()
         backend = self._backends.choose(step, engine_usable=usable)
         found = backend.compute(step)
@@ -224,9 +224,9 @@ class JDOptimizer(DelegatingOptimizer):
         gramian, unscaled = unscale(found, scale)
 
         def solve(gramian: Tensor) -> Decision | None:
-            if not check_finite(gramian, scaling=scaling(self.scaler)):
-                return None
-            return decide(self.aggregator, found, gramian, unscaled, scale)
+            scales = scaling(self.scaler)
+            args = (found, gramian, unscaled, scale, step.losses, scales)
+            return decide_checked(self.aggregator, *args)
 
         # Under torch.distributed, rank 0's decision on every process (skip, error or change).
         decision = backend.settle(found, gramian, solve)

@@ -7,9 +7,10 @@ import torch
 from torch import Tensor
 
 from .._linalg import at_least_float32, sum_of_gramians
+from .._losses import check_finite_losses
 from ..aggregation import Aggregator, GramianWeightedAggregator, Weighting
 from ..autojac import add_grad, flatten_rows
-from ._backend import Found, Gramian
+from ._backend import Decision, Found, Gramian
 
 
 def scaling(scaler: torch.amp.GradScaler | None) -> bool:
@@ -35,19 +36,49 @@ def unscale(found: Found, scale: float) -> tuple[Tensor, list[Tensor] | None]:
     return sum_of_gramians(blocks), blocks
 
 
-def check_finite(gramian: Tensor, *, scaling: bool) -> bool:
-    """Whether the step can go on: ``False`` (skip it) for a non-finite Gramian under a
-    GradScaler; a ValueError without one. A NaN or inf in ``J`` makes ``G`` non-finite, and
-    ``G`` is ``m × m``: checking it is cheap."""
-    if bool(torch.isfinite(gramian).all()):
-        return True
-    if not scaling:
+def decide_checked(
+    aggregator: Aggregator,
+    found: Found,
+    gramian: Tensor,
+    unscaled: list[Tensor] | None,
+    scale: float,
+    losses: Tensor,
+    scaling: bool,
+) -> Decision | None:
+    """:func:`decide`, with the step's checks read from the device at once, after it: finite
+    losses (unless ``scaling``), a finite Gramian and finite weights.
+
+    Nothing has changed yet, so the checks can wait for the weights: a step reads the device
+    once for all of them. A non-finite Gramian under a GradScaler skips the step (``None``);
+    otherwise each check raises its own error, the inputs' first (an error of the method on
+    bad inputs is theirs).
+    """
+    decision, failure = None, None
+    try:
+        decision = decide(aggregator, found, gramian, unscaled, scale)
+    except Exception as error:
+        failure = error
+    weights = None if decision is None else decision[0]
+    flags = [torch.isfinite(gramian).all()]
+    flags.append(torch.isfinite(losses).all() if not scaling else flags[0])
+    flags.append(torch.isfinite(weights).all() if weights is not None else flags[0])
+    gramian_ok, losses_ok, weights_ok = torch.stack(flags).tolist()
+    if not losses_ok:
+        check_finite_losses(losses)
+    if not gramian_ok:
+        if scaling:
+            return None
         raise ValueError(
             "The Jacobian of the losses contains NaN or inf although the losses are finite "
             "(an overflow in the backward pass). Nothing was changed. Lower the learning "
             "rate or use a GradScaler (pass `scaler=` to JDOptimizer)."
         )
-    return False
+    if failure is not None:
+        raise failure
+    if not weights_ok:
+        name = type(aggregator.weighting).__name__
+        raise ValueError(_bad_weights(name, "non-finite weights", weights.numel()))
+    return decision
 
 
 def skip(params: list[Tensor]) -> None:
@@ -88,17 +119,16 @@ def decide(
 
 def weights_of(weighting: Weighting, gramian: Tensor, shape: torch.Size) -> Tensor:
     """The weighting's weights in the objectives' ``shape``; a ValueError unless it returned
-    one finite weight per objective."""
-    weights = weighting(gramian)
-    if weights.numel() != shape.numel() or not bool(torch.isfinite(weights).all()):
-        found = (
-            "non-finite weights"
-            if weights.numel() == shape.numel()
-            else f"weights of shape {tuple(weights.shape)}"
-        )
-        raise ValueError(
-            f"The weighting {type(weighting).__name__} returned {found} for a Gramian of "
-            f"{shape.numel()} objectives. Nothing was changed. A weighting must return one "
-            "finite weight per objective."
-        )
+    one weight per objective (their finiteness is read with the step's other checks)."""
+    weights = weighting.weigh(gramian)
+    if weights.numel() != shape.numel():
+        found = f"weights of shape {tuple(weights.shape)}"
+        raise ValueError(_bad_weights(type(weighting).__name__, found, shape.numel()))
     return weights.reshape(shape)
+
+
+def _bad_weights(name: str, found: str, count: int) -> str:
+    return (
+        f"The weighting {name} returned {found} for a Gramian of {count} objectives. Nothing "
+        "was changed. A weighting must return one finite weight per objective."
+    )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from .._losses import as_losses, check_finite_losses
+from .._losses import as_losses
 from ..autojac import check_features, reached_leaves
 
 
@@ -36,22 +36,18 @@ def prepare(
     losses: Tensor | Sequence[Tensor],
     features: object,
     params: list[Tensor],
-    *,
-    finite: bool,
 ) -> Step:
     """Validates a step's input (before anything changes) and splits a multi-task step's
-    parameters into the trunk and the heads.
+    parameters into the trunk and the heads. Whether the losses are finite is read later, with
+    the step's other checks (:func:`._aggregate.decide_checked`).
 
     Args:
         losses: a tensor of losses, or a sequence of them.
         features: ``None``, or the shared features of a multi-task step.
         params: the optimizer's parameters that require grad.
-        finite: require finite losses (without a GradScaler, which would skip the step).
     """
     tasks = list(losses) if isinstance(losses, Sequence) else None
     tensor = as_losses(losses)
-    if finite:
-        check_finite_losses(tensor)
     if features is None:
         return Step(tensor, params, tasks)
     features = check_features(features)

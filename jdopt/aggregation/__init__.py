@@ -33,6 +33,7 @@ from ._bases import (
 from ._cagrad import CAGrad, CAGradWeighting
 from ._config import ConFIG
 from ._constant import Constant, ConstantWeighting
+from ._dual_cone import SolverOptions
 from ._dualproj import DualProj, DualProjWeighting
 from ._graddrop import GradDrop
 from ._imtlg import IMTLG, IMTLGWeighting
@@ -74,6 +75,7 @@ __all__ = [
     "PCGradWeighting",
     "Random",
     "RandomWeighting",
+    "SolverOptions",
     "Sum",
     "SumWeighting",
     "TrimmedMean",

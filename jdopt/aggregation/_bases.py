@@ -49,6 +49,12 @@ class Weighting(ConstructorRepr, ABC):
 
     def __call__(self, gramian: Tensor, /) -> Tensor:
         check_gramian(gramian, min_rows=0 if self.accepts_no_objectives else 1)
+        return self.weigh(gramian)
+
+    def weigh(self, gramian: Tensor, /) -> Tensor:
+        """Calling the weighting without checking that ``gramian`` is finite, which reads the
+        device: for callers that check it themselves (JDOptimizer reads the device once per
+        step for all its checks). ``gramian`` must be a square matrix."""
         dtype = at_least_float32(gramian.dtype)
         with no_autocast(gramian.device.type), exact_float32():
             weights = super().__call__(gramian.to(dtype))

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from ._bases import GramianWeightedAggregator
-from ._dual_cone import project_weights
-from ._projection import ProjectionWeighting
+from ._dual_cone import SolverOptions
+from ._projection import ProjectionWeighting, without_default_options
 from ._repr import vector_suffix
 
 
@@ -28,11 +30,12 @@ class DualProjWeighting(ProjectionWeighting):
             :class:`UPGradWeighting`).
         solver: ``"native"`` (default), ``"quadprog"`` or ``"osqp"``; see
             :class:`UPGradWeighting`.
+        options: the native solver's tunables; see :class:`UPGradWeighting`.
     """
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         weights, regularized = self.prepare(gramian)
-        return project_weights(weights.unsqueeze(0), regularized, solver=self.solver)[0]
+        return self.project(weights.unsqueeze(0), regularized)[0]
 
 
 class DualProj(GramianWeightedAggregator):
@@ -44,8 +47,12 @@ class DualProj(GramianWeightedAggregator):
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
         solver: str = "native",
+        options: SolverOptions | None = None,
     ) -> None:
-        super().__init__(DualProjWeighting(pref_vector, norm_eps, reg_eps, solver))
+        super().__init__(DualProjWeighting(pref_vector, norm_eps, reg_eps, solver, options))
+
+    def constructor_arguments(self) -> dict[str, Any]:
+        return without_default_options(super().constructor_arguments())
 
     def __str__(self) -> str:
         return f"DualProj{vector_suffix(self.weighting.pref_vector)}"

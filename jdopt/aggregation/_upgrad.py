@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ._bases import GramianWeightedAggregator
-from ._dual_cone import project_weights
-from ._projection import ProjectionWeighting
+from ._dual_cone import SolverOptions
+from ._projection import ProjectionWeighting, without_default_options
 from ._repr import vector_suffix
 
 
@@ -38,11 +40,14 @@ class UPGradWeighting(ProjectionWeighting):
         solver: ``"native"`` (default) — jdopt's batched torch solver, on the Gramian's device;
             ``"quadprog"`` or ``"osqp"`` — one QP per row through ``qpsolvers`` on the CPU, the
             slow reference.
+        options: the native solver's tunables (:class:`SolverOptions`). ``None`` (default):
+            the defaults for the Gramian's device — on a GPU, a first attempt of fixed length
+            that reads the device once, then the final check.
     """
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         weights, regularized = self.prepare(gramian)
-        return project_weights(torch.diag(weights), regularized, solver=self.solver).sum(dim=0)
+        return self.project(torch.diag(weights), regularized).sum(dim=0)
 
 
 class UPGrad(GramianWeightedAggregator):
@@ -54,8 +59,12 @@ class UPGrad(GramianWeightedAggregator):
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
         solver: str = "native",
+        options: SolverOptions | None = None,
     ) -> None:
-        super().__init__(UPGradWeighting(pref_vector, norm_eps, reg_eps, solver))
+        super().__init__(UPGradWeighting(pref_vector, norm_eps, reg_eps, solver, options))
+
+    def constructor_arguments(self) -> dict[str, Any]:
+        return without_default_options(super().constructor_arguments())
 
     def __str__(self) -> str:
         return f"UPGrad{vector_suffix(self.weighting.pref_vector)}"

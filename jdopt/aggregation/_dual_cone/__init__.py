@@ -57,14 +57,15 @@ from torch import Tensor
 from ..._linalg import exact_float32, no_autocast
 from .._checks import check_choice
 from .._qpsolvers import REFERENCE_SOLVERS, project_weights_reference
-from ._forms import factorize, facts
-from ._options import DEFAULT, SolverOptions
+from ._forms import factorize
+from ._options import DEFAULT, ON_ACCELERATORS, SolverOptions, for_device
 from ._plan import Attempt, Facts, Stage, describe, plan
 from ._problem import kkt_residual
 from ._solve import solve
 
 __all__ = ["KKT_TOLERANCE", "SOLVERS", "Attempt", "Facts", "SolverOptions", "Stage", "describe"]
-__all__ += ["kkt_residual", "plan", "plan_for", "project_weights"]
+__all__ += ["DEFAULT", "ON_ACCELERATORS", "for_device", "kkt_residual", "plan", "plan_for"]
+__all__ += ["project_weights"]
 
 SOLVERS = ("native", *REFERENCE_SOLVERS)
 # The relative KKT residual that the native solver guarantees (or raises), by default.
@@ -77,7 +78,7 @@ def project_weights(
     *,
     solver: str = "native",
     initial: Tensor | None = None,
-    options: SolverOptions = DEFAULT,
+    options: SolverOptions | None = None,
 ) -> Tensor:
     """Returns ``argmin_v vᵀGv s.t. v ≥ u`` for each row ``u`` of ``preferences``.
 
@@ -91,7 +92,9 @@ def project_weights(
             the speed of the native solver, and its answer only within the solver's tolerance
             (weights within about 1e-7, relative, unless a tiny ridge leaves them
             ill-determined). Ignored by the reference solvers.
-        options: the native solver's tunables and plan switches (:class:`SolverOptions`).
+        options: the native solver's tunables and plan switches (:class:`SolverOptions`);
+            ``None`` (default): those for the Gramian's device (:func:`for_device`: on an
+            accelerator, a first attempt of fixed length that reads the device once).
 
     Returns:
         ``[k, m]`` solutions ``v*``, on the device and dtype of ``gramian``; solved in float64
@@ -113,6 +116,7 @@ def project_weights(
     # (version counters, view tracking): 5–18% of its time at m ≤ 128. The answer is cloned out
     # of it, as a normal tensor that callers may use under autograd. The float32 stages only
     # guess for the float64 ones: autocast or TF32 would make their guesses worse (slower).
+    options = for_device(gramian.device) if options is None else options
     with torch.inference_mode(), no_autocast(gramian.device.type), exact_float32():
         weights = _project(preferences, gramian, initial, options)
     return weights.clone()
@@ -122,38 +126,57 @@ def plan_for(gramian: Tensor, options: SolverOptions = DEFAULT) -> tuple[Attempt
     """The plan the native solver follows for a positive definite ``gramian`` (for a singular
     one, it follows the plan of ``gramian`` plus a ridge)."""
     matrix = gramian.detach().to(torch.float64)
-    return plan(facts(factorize((matrix + matrix.T) / 2), options), options)
+    return plan(factorize((matrix + matrix.T) / 2, options)[0].facts, options)
 
 
 def _project(
     preferences: Tensor, gramian: Tensor, initial: Tensor | None, options: SolverOptions
 ) -> Tensor:
-    """:func:`project_weights` with the native solver, on checked inputs."""
+    """:func:`project_weights` with the native solver, on inputs of checked shapes. What the
+    host needs to know of the inputs (their finiteness, the rows to solve, the facts of the
+    plan) is read from the device at once."""
     matrix = gramian.detach().to(torch.float64)
     matrix = (matrix + matrix.T).mul_(0.5)
     bounds = preferences.detach().to(matrix)
     start = None if initial is None else initial.detach().to(matrix)
     if bounds.numel() == 0:
         return bounds.to(gramian.dtype)
-    for name, value in (("preferences", bounds), ("initial", start)):
-        if value is not None and not bool(torch.isfinite(value).all()):
+    size = bounds.amax(dim=1, keepdim=True)
+    checks = (_finite(bounds), _finite(bounds if start is None else start), size.amin())
+    checks += (_diagonal(bounds, options),)
+    scaled, (*finite, smallest, diagonal) = factorize(matrix, options, checks)
+    for name, ok in zip(("preferences", "initial"), finite, strict=True):
+        if not ok:
             raise ValueError(
                 f"`{name}` should contain only finite values. Found NaN or infinite entries "
                 "(a NaN preference row would otherwise count as all-negative, with zero weights)."
             )
-    size = bounds.amax(dim=1, keepdim=True)
     # Rows are scaled to max(u) = 1, a lower bound on ‖v*‖∞ (v* ≥ u), to which the final check
     # is relative: so are the solver's tolerances then (see BoxQP.scale).
-    if bool(size.amin() > 0):  # the usual case: no row to leave out
+    if smallest > 0:  # the usual case: no row to leave out
         scaled_start = None if start is None else start / size
-        return (solve(matrix, bounds / size, scaled_start, options) * size).to(gramian.dtype)
+        found = solve(matrix, scaled, bounds / size, scaled_start, options, bool(diagonal))
+        return (found * size).to(gramian.dtype)
     weights = torch.zeros_like(bounds)
     rows = (size.squeeze(1) > 0).nonzero().squeeze(1)
     if rows.numel() > 0:
         size = bounds[rows].amax(dim=1, keepdim=True)
         scaled_start = None if start is None else start[rows] / size
-        weights[rows] = solve(matrix, bounds[rows] / size, scaled_start, options) * size
+        weights[rows] = solve(matrix, scaled, bounds[rows] / size, scaled_start, options) * size
     return weights.to(gramian.dtype)
+
+
+def _finite(values: Tensor) -> Tensor:
+    return torch.isfinite(values).all()
+
+
+def _diagonal(bounds: Tensor, options: SolverOptions) -> Tensor:
+    """Whether ``bounds`` is ``[m, m]`` with nonzero entries on its diagonal only (UPGrad's),
+    for m where ADMM uses it (see BoxQP.diagonal)."""
+    k, m = bounds.shape
+    if k != m or m < options.diagonal_size:
+        return torch.zeros((), dtype=torch.bool, device=bounds.device)
+    return torch.count_nonzero(bounds) == torch.count_nonzero(bounds.diagonal())
 
 
 def _check_shapes(preferences: Tensor, gramian: Tensor, initial: Tensor | None) -> None:

@@ -19,26 +19,24 @@ from ._problem import BoxQP
 
 def fista(
     qp: BoxQP, x: Tensor | None, options: Options, *, steps: int, period: int = 0
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, None]:
     """Runs ``steps`` FISTA steps from ``x [k, m]`` (or ``max(ℓ, 0)``), restarted every
     ``period`` steps if positive, until at most one coordinate per ``options.settled`` rows
     changes sides of ``ℓ + tolerance · scale`` in a period. A guess: no row is reported solved.
+    Without restarts, nothing is read on the host.
     """
     x = qp.lower.clamp_min(0) if x is None else x
     tolerance = options.rough_tolerance if x.dtype == torch.float32 else options.tolerance
     step = 1 / largest_eigenvalue(qp.matrix, options.squaring_size)
     # One projected gradient step from p is max(p @ (I − step M) + step b, ℓ).
     transition = torch.eye(qp.matrix.shape[0], dtype=x.dtype, device=x.device) - step * qp.matrix
-    shift = qp.linear * step if bool(qp.linear.any()) else None
+    shift = qp.linear * step
     ceiling = qp.lower + tolerance * qp.scale() if period else None
     x = torch.maximum(x, qp.lower)
     point, new = x.clone(), torch.empty_like(x)
     momentum, active = 1.0, None
     for iteration in range(1, steps + 1):
-        if shift is None:
-            torch.mm(point, transition, out=new)
-        else:
-            torch.addmm(shift, point, transition, out=new)
+        torch.addmm(shift, point, transition, out=new)
         torch.maximum(new, qp.lower, out=new)
         if period and iteration % period == 0:
             previous, active = active, new <= ceiling
@@ -51,7 +49,7 @@ def fista(
         next_momentum = (1 + (1 + 4 * momentum**2) ** 0.5) / 2
         torch.lerp(x, new, 1 + (momentum - 1) / next_momentum, out=point)
         x, new, momentum = new, x, next_momentum
-    return x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    return x, None
 
 
 def _settled(previous: Tensor, active: Tensor, rows_per_change: int) -> bool:
@@ -59,8 +57,8 @@ def _settled(previous: Tensor, active: Tensor, rows_per_change: int) -> bool:
     return int((previous ^ active).sum()) <= active.shape[0] // rows_per_change
 
 
-def largest_eigenvalue(matrix: Tensor, squaring_size: int, iterations: int = 10) -> float:
-    """Returns an upper bound on ``λ_max(matrix)`` (symmetric positive semi-definite).
+def largest_eigenvalue(matrix: Tensor, squaring_size: int, iterations: int = 10) -> Tensor:
+    """Returns an upper bound on ``λ_max(matrix)`` (symmetric positive semi-definite), 0-d.
 
     Up to ``squaring_size``: ``‖M⁸‖_F^(1/8)``, from three squarings — a true bound, at most
     ``m^(1/16)`` times too large (when the spectrum is flat, where a loose bound costs FISTA
@@ -71,9 +69,9 @@ def largest_eigenvalue(matrix: Tensor, squaring_size: int, iterations: int = 10)
         power = matrix / matrix.diagonal().amax()  # keeps the eighth power in range (≤ m⁸)
         for _ in range(3):
             power = power @ power
-        return float(torch.linalg.matrix_norm(power)) ** 0.125 * float(matrix.diagonal().amax())
+        return torch.linalg.matrix_norm(power) ** 0.125 * matrix.diagonal().amax()
     vector = 1 + torch.arange(m, dtype=matrix.dtype, device=matrix.device) / m
     for _ in range(iterations):
         vector = matrix @ vector
         vector = vector / vector.norm()
-    return 1.1 * float(vector @ matrix @ vector)
+    return 1.1 * (vector @ matrix @ vector)

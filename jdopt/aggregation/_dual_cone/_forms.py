@@ -21,41 +21,46 @@ from ._problem import BoxQP
 
 
 class Scaled(NamedTuple):
-    """``√diag(G)``, ``G`` scaled to a unit diagonal, its Cholesky factor and the factor's
-    smallest pivot (NaN where the factorisation fails: singular, indefinite, non-finite)."""
+    """``√diag(G)``, ``G`` scaled to a unit diagonal, its Cholesky factor, the factor's
+    smallest pivot (NaN where the factorisation fails: singular, indefinite, non-finite) and
+    the plan's facts."""
 
     root: Tensor
     matrix: Tensor
     factor: Tensor
     pivot: float
+    facts: Facts
 
 
-def factorize(gramian: Tensor) -> Scaled:
-    """Jacobi scaling and Cholesky of ``gramian``."""
+def factorize(
+    gramian: Tensor, options: Options, checks: tuple[Tensor, ...] = ()
+) -> tuple[Scaled, list[float]]:
+    """Jacobi scaling, Cholesky and the plan's facts of ``gramian``, and the values of the
+    0-d ``checks``: everything the host needs, read from the device at once.
+
+    ``1 / pivot²`` bounds the condition number from below (each squared pivot is at least the
+    smallest eigenvalue, and the largest is at least 1). The primal's ADMM penalty is the mean
+    squared pivot, between the small and the large eigenvalues: near the best ``ρ`` measured
+    (0.5 for random Jacobians, 0.9 for per-sample Gramians).
+    """
     root = gramian.diagonal().sqrt()
     scaled = gramian / root.unsqueeze(1) / root.unsqueeze(0)  # unit diagonal
     factor, info = torch.linalg.cholesky_ex(scaled)
+    pivots = factor.diagonal()
+    values = [pivots.amin(), info, torch.linalg.vector_norm(scaled), pivots.square().mean()]
+    read = torch.stack([v.to(gramian) for v in (*values, *checks)]).tolist()
+    (pivot, failed, norm, mean_square), checked = read[:4], read[4:]
     # LAPACK reports NaN through `info`; the pivot check also catches a factor with NaN (where
     # G has a non-finite entry or a non-positive diagonal one) from a backend that does not.
-    pivot = float(factor.diagonal().amin())
-    return Scaled(root, scaled, factor, pivot if int(info) == 0 and pivot > 0 else math.nan)
-
-
-def facts(scaled: Scaled, options: Options) -> Facts:
-    """The plan's facts. ``1 / pivot²`` bounds the condition number from below (each squared
-    pivot is at least the smallest eigenvalue, and the largest is at least 1). The primal's
-    ADMM penalty is the mean squared pivot, between the small and the large eigenvalues: near
-    the best ``ρ`` measured (0.5 for random Jacobians, 0.9 for per-sample Gramians)."""
-    matrix, m = scaled.matrix, scaled.matrix.shape[0]
-    if scaled.pivot**-2 > options.dual_max_condition:
-        fraction = math.inf
-    else:
-        fraction = m / float(torch.linalg.vector_norm(matrix)) ** 2
+    pivot = pivot if failed == 0 and pivot > 0 else math.nan
+    m = gramian.shape[0]
+    fraction = math.inf if pivot**-2 > options.dual_max_condition else m / norm**2
     penalty = math.nan  # read by ADMM only
     if options.admm_sizes[0] <= m <= options.admm_sizes[1]:
         low, high = options.penalty_range
-        penalty = min(max(float(scaled.factor.diagonal().square().mean()), low), high)
-    return Facts(m, fraction, penalty, matrix.dtype, matrix.device)
+        penalty = min(max(mean_square, low), high)
+    facts = Facts(m, fraction, penalty, gramian.dtype, gramian.device)
+    return Scaled(root, scaled, factor, pivot, facts), checked
 
 
 class Forms:
@@ -72,12 +77,13 @@ class Forms:
         unit = inverse.diagonal().rsqrt()
         return inverse * torch.outer(unit, unit), unit
 
-    def problem(self, form: str, bounds: Tensor) -> BoxQP:
+    def problem(self, form: str, bounds: Tensor, diagonal: bool = False) -> BoxQP:
+        """The problems of ``form`` for the rows ``bounds`` (``diagonal``: see BoxQP)."""
         lower = bounds * self.scaled.root
         if form == "primal":
-            return BoxQP(self.scaled.matrix, torch.zeros_like(lower), lower)
+            return BoxQP(self.scaled.matrix, torch.zeros_like(lower), lower, diagonal)
         matrix, unit = self.dual
-        return BoxQP(matrix, lower * unit, torch.zeros_like(lower))
+        return BoxQP(matrix, lower * unit, torch.zeros_like(lower), diagonal)
 
     def start(self, form: str, weights: Tensor | None, bounds: Tensor) -> Tensor | None:
         """The variable of ``form`` at ``weights``; for the dual, the multipliers ``λ = Sw`` on

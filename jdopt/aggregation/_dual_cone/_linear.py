@@ -162,18 +162,23 @@ def solve_refined(
     return solve_cg(matrix, x, target, free, tolerance, max_iter)
 
 
-def solve_masked(matrix: Tensor, free: Tensor, target: Tensor, fixed: Tensor) -> Tensor:
+def solve_masked(
+    matrix: Tensor, free: Tensor, target: Tensor, fixed: Tensor, strict: bool = True
+) -> Tensor:
     """Solves the reduced systems exactly, each embedded in an ``[m, m]`` one.
 
     Row ``r`` keeps ``x = fixed`` off its free set ``F`` and solves ``(x @ M)_F = target_F`` on
     it: its matrix is ``M`` where both coordinates are free and the identity elsewhere, which
-    is positive definite when ``M`` is. Costs ``k m³``, in few operations.
+    is positive definite when ``M`` is. Costs ``k m³``, in few operations. Raises NotDefinite
+    where a reduced matrix is not numerically positive definite; without ``strict``, those
+    rows are NaN instead (nothing is read on the host).
     """
     identity = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
     outside = fixed * ~free
     rhs = torch.where(free, target - outside @ matrix, outside)
     reduced = torch.where(free.unsqueeze(2) & free.unsqueeze(1), matrix, identity)
     factor, info = torch.linalg.cholesky_ex(reduced)
-    if bool(info.any()):
+    if strict and bool(info.any()):
         raise NotDefinite
-    return torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+    solution = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+    return solution if strict else torch.where(info.unsqueeze(1) == 0, solution, torch.nan)

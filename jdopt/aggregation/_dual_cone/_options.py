@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class SolverOptions:
@@ -20,7 +22,13 @@ class SolverOptions:
     part of ``G⁻¹``.
     """
 
-    # The plan.
+    # The plan. With check_once (the default on accelerators: see for_device), a first
+    # attempt of fixed length reads nothing on the host but the final check: ADMM's
+    # once_admm_steps (float32, float64) or, below admm_sizes, FISTA's guess and
+    # once_pivoting_steps masked pivoting steps. Rows that fail the check go on with the plan.
+    check_once: bool = False
+    once_admm_steps: tuple[int, int] = (40, 20)
+    once_pivoting_steps: int = 4
     admm_sizes: tuple[int, int] = (32, 4096)  # m where ADMM goes first; (1, 0): never
     small_size: int = 24  # up to it: float64 guess, masked full-size pivoting solves
     dual_fraction: float = 0.4  # the dual below it; 0: never
@@ -93,3 +101,11 @@ class SolverOptions:
 
 
 DEFAULT = SolverOptions()
+ON_ACCELERATORS = SolverOptions(check_once=True)
+
+
+def for_device(device: torch.device) -> SolverOptions:
+    """The default options on ``device``: :data:`DEFAULT` on CPUs; on accelerators, where
+    each read of a device value on the host waits for the work queued before it, the same
+    with ``check_once``."""
+    return DEFAULT if device.type == "cpu" else ON_ACCELERATORS

@@ -40,11 +40,19 @@ ReducedSolve = Callable[[Tensor, Tensor, Reduced, Options], None]
 
 
 def pivot(
-    qp: BoxQP, x: Tensor | None, options: Options, *, solve: ReducedSolve, max_iter: int
+    qp: BoxQP,
+    x: Tensor | None,
+    options: Options,
+    *,
+    solve: ReducedSolve,
+    max_iter: int,
+    reads: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Block principal pivoting from ``x`` (or ``max(ℓ, 0)``), whose coordinates within
     ``rough_tolerance`` of their bound are the guessed active set. Returns ``(x ≥ ℓ, [k]
-    solved)``; the rows left unsolved (stuck, or out of steps) keep the last iterate."""
+    solved)``; the rows left unsolved (stuck, or out of steps) keep the last iterate. Without
+    ``reads``, all ``max_iter`` steps run (a solved row's step solves it again), and nothing is
+    read on the host."""
     x = qp.lower.clamp_min(0) if x is None else x
     tolerance = options.rough_tolerance if x.dtype == torch.float32 else options.tolerance
     k, m = x.shape
@@ -61,7 +69,7 @@ def pivot(
         solve(x, product, Reduced(qp, ~active, changed, slack), options)
         broken = torch.where(active, product < floor, x < shifted) & ~progress[2].unsqueeze(1)
         count = broken.sum(dim=1)
-        if not bool(count.any()):
+        if reads and not bool(count.any()):
             break
         swap, progress = swaps(broken, count, progress, options)
         active ^= swap
@@ -94,6 +102,14 @@ def masked(x: Tensor, product: Tensor, what: Reduced, options: Options) -> None:
     bookkeeping to leave them out."""
     qp = what.qp
     x.copy_(solve_masked(qp.matrix, what.free, qp.linear, qp.lower))
+    torch.mm(x, qp.matrix, out=product)
+
+
+def unchecked(x: Tensor, product: Tensor, what: Reduced, options: Options) -> None:
+    """:func:`masked` without reading whether the reduced systems are positive definite: the
+    rows whose are not get NaN, which the final check fails."""
+    qp = what.qp
+    x.copy_(solve_masked(qp.matrix, what.free, qp.linear, qp.lower, strict=False))
     torch.mm(x, qp.matrix, out=product)
 
 

@@ -14,15 +14,15 @@ import torch
 from torch import Tensor
 
 from ._active_set import active_set
-from ._admm import admm
+from ._admm import admm, admm_fixed
 from ._exact import polish
 from ._fista import fista
 from ._options import SolverOptions as Options
-from ._pivoting import gathered, masked, pivot
+from ._pivoting import gathered, masked, pivot, unchecked
 from ._problem import BoxQP
 
-# (problem, start or None, options) -> (solution, [k] solved rows)
-Kernel = Callable[[BoxQP, "Tensor | None", Options], tuple[Tensor, Tensor]]
+# (problem, start or None, options) -> (solution, [k] solved rows, or None: a guess)
+Kernel = Callable[[BoxQP, "Tensor | None", Options], tuple[Tensor, "Tensor | None"]]
 
 
 class Stage(NamedTuple):
@@ -75,7 +75,26 @@ def plan(facts: Facts, options: Options) -> tuple[Attempt, ...]:
             attempts.append(Attempt("dual", _pivoting(m, options)))
     attempts.append(Attempt("primal", _pivoting(m, options)))
     attempts.append(Attempt("primal", (Stage("polish", polish),)))
-    return tuple(attempts)
+    once = _once(facts, attempts[0], options) if options.check_once else None
+    return tuple(attempts) if once is None else (once, *attempts)
+
+
+def _once(facts: Facts, first: Attempt, options: Options) -> Attempt | None:
+    """The attempt of fixed length, on the form of the plan's ``first`` attempt: ADMM's steps
+    where that starts with ADMM; below ``admm_sizes``, FISTA's guess and masked pivoting
+    steps; none otherwise (a form on which ADMM would be slow, at sizes where masked solves
+    are expensive)."""
+    if first.stages[0].name.startswith("admm"):
+        penalty = facts.penalty if first.form == "primal" else options.dual_penalty
+        steps = options.once_admm_steps
+        kernel = functools.partial(admm_fixed, penalty=penalty, steps=steps)
+        return Attempt(first.form, (Stage("admm (fixed)", kernel),))
+    if facts.size >= options.admm_sizes[0]:
+        return None
+    steps = next((n for size, n in options.small_guess_steps if facts.size <= size), 30)
+    max_iter = options.once_pivoting_steps
+    kernel = functools.partial(pivot, solve=unchecked, max_iter=max_iter, reads=False)
+    return Attempt(first.form, (_fista(steps), Stage("pivoting (fixed)", kernel)))
 
 
 def _admm(penalty: float, give_up: bool = False) -> Stage:

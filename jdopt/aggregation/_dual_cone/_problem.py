@@ -32,11 +32,14 @@ class BoxQP:
         matrix: ``[m, m]`` symmetric positive definite ``M``.
         linear: ``[k, m]`` linear terms ``b``.
         lower: ``[k, m]`` lower bounds ``ℓ``.
+        diagonal: whether ``ℓ`` and ``b`` are ``[m, m]`` with nonzero entries on their
+            diagonals only, as UPGrad's are (products with them then scale rows).
     """
 
     matrix: Tensor
     linear: Tensor
     lower: Tensor
+    diagonal: bool = False
 
     def scale(self) -> Tensor:
         """``[k, 1]`` the size of each problem's data, to which tolerances are relative.
@@ -61,7 +64,8 @@ class BoxQP:
     def to(self, dtype: torch.dtype) -> BoxQP:
         if dtype == self.matrix.dtype:
             return self
-        return BoxQP(self.matrix.to(dtype), self.linear.to(dtype), self.lower.to(dtype))
+        matrix, linear, lower = self.matrix.to(dtype), self.linear.to(dtype), self.lower.to(dtype)
+        return BoxQP(matrix, linear, lower, self.diagonal)
 
     def residual(self, x: Tensor, product: Tensor) -> Tensor:
         """``[k]`` each row's KKT residual (:func:`violation`) in units of its scale, at ``x``

@@ -9,31 +9,43 @@ import torch
 from torch import Tensor
 
 from ._exact import refine
-from ._forms import Forms, Scaled, factorize, facts
+from ._forms import Forms, Scaled, factorize
 from ._options import SolverOptions as Options
 from ._plan import Attempt, plan
 from ._problem import BoxQP, NotDefinite, kkt_residual
 
 
-def solve(gramian: Tensor, preferences: Tensor, start: Tensor | None, options: Options) -> Tensor:
-    """The native solver on float64 inputs with ``max(u) = 1`` in every row."""
-    scaled = factorize(gramian)
+def solve(
+    gramian: Tensor,
+    scaled: Scaled,
+    preferences: Tensor,
+    start: Tensor | None,
+    options: Options,
+    diagonal: bool = False,
+) -> Tensor:
+    """The native solver on float64 inputs with ``max(u) = 1`` in every row, given the
+    :func:`._forms.factorize` of ``gramian`` (``diagonal``: see BoxQP)."""
     if scaled.pivot**2 >= options.singular:
-        return _attempts(gramian, scaled, preferences, start, options)
+        return _attempts(gramian, scaled, preferences, start, options, diagonal)
     return _singular(gramian, preferences, start, options)
 
 
 def _attempts(
-    gramian: Tensor, scaled: Scaled, preferences: Tensor, start: Tensor | None, options: Options
+    gramian: Tensor,
+    scaled: Scaled,
+    preferences: Tensor,
+    start: Tensor | None,
+    options: Options,
+    diagonal: bool = False,
 ) -> Tensor:
     """Runs the plan's attempts, each on the rows that fail the final check on ``gramian``
     after the previous ones (all of them at first), until none does."""
     forms, failure = Forms(scaled, options), None
     weights, rows = start, None  # rows: those still failing (None: all)
-    for attempt in plan(facts(scaled, options), options):
+    for attempt in plan(scaled.facts, options):
         bounds, begin = _take(preferences, rows), _take(weights, rows)
         try:
-            qp = forms.problem(attempt.form, bounds)
+            qp = forms.problem(attempt.form, bounds, diagonal and rows is None)
             x = _stages(attempt, qp, forms.start(attempt.form, begin, bounds), options)
         except NotDefinite as error:  # the next attempt may not need that reduced system
             failure = error
@@ -57,9 +69,10 @@ def _take(values: Tensor | None, rows: Tensor | None) -> Tensor | None:
 
 
 def _stages(attempt: Attempt, qp: BoxQP, x: Tensor | None, options: Options) -> Tensor:
-    """The attempt's stages, each on the rows that the previous ones left unsolved."""
-    solved, count = None, 0
-    for stage in attempt.stages:
+    """The attempt's stages, each on the rows that the previous ones left unsolved (a stage's
+    solved rows are read on the host only when a stage follows it)."""
+    solved, count, last = None, 0, len(attempt.stages) - 1
+    for index, stage in enumerate(attempt.stages):
         if stage.after_progress and count == 0:
             break
         todo = None if count == 0 else (~solved).nonzero().squeeze(1)
@@ -73,14 +86,18 @@ def _stages(attempt: Attempt, qp: BoxQP, x: Tensor | None, options: Options) -> 
             if stage.dtype is None:
                 raise
             continue  # a float32 guess that fails only costs time
-        if found.dtype != qp.matrix.dtype:  # a lower-precision stage only guesses
-            found, done = found.to(qp.matrix.dtype), torch.zeros_like(done)
+        if done is None or found.dtype != qp.matrix.dtype:  # a guess: no row solved
+            found, done = found.to(qp.matrix.dtype), None
         if todo is None:
             x, solved = found, done
         else:
-            x[todo], solved[todo] = found, done
-        count = int(solved.count_nonzero())
-        if count == solved.shape[0]:
+            x[todo] = found
+            if done is not None:
+                solved[todo] = done
+        if index == last:
+            break
+        count = 0 if solved is None else int(solved.count_nonzero())
+        if count == qp.lower.shape[0]:
             break
     return x
 
@@ -124,7 +141,7 @@ def _definite_base(gramian: Tensor, ridge: Tensor, options: Options) -> tuple[Te
     for power in range(options.escalations + 1):
         if power > 0:
             base = gramian + torch.diag(ridge * 10**power)
-        scaled = factorize(base + torch.diag(ridge))
+        scaled, _ = factorize(base + torch.diag(ridge), options)
         if not math.isnan(scaled.pivot):
             return base, scaled
     raise ValueError(

@@ -114,7 +114,7 @@ def test_pivoting_given_no_step_reports_no_row_solved(solve) -> None:
 def test_fista_alone_converges_to_the_solution_but_reports_no_row_solved() -> None:
     qp, expected = _primal(rand, 12, upgrad_preferences(12))
     x, solved = fista(qp, None, OPTIONS, steps=3000)
-    assert not solved.any()
+    assert solved is None  # a guess
     assert torch.allclose(x, expected, rtol=0, atol=1e-9 * float(expected.abs().max()))
 
 
@@ -194,7 +194,7 @@ def test_restarted_fista_guesses_the_active_set_but_for_a_few_coordinates() -> N
     """Stopped once its active set settles: pivoting then fixes the few left undecided."""
     qp, expected = _primal(rand, 40, upgrad_preferences(40))
     x, solved = fista(qp, None, OPTIONS, steps=10_000, period=10)
-    assert not solved.any()
+    assert solved is None  # a guess
     guess = x <= qp.lower + 1e-8 * qp.lower.amax(dim=1, keepdim=True)
     exact = expected <= qp.lower + 1e-12
     assert int((guess ^ exact).sum()) <= 2

@@ -7,6 +7,7 @@ against values derived by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from jdopt.aggregation._dual_cone import (
     plan,
     plan_for,
 )
-from jdopt.aggregation._dual_cone._forms import factorize, facts
+from jdopt.aggregation._dual_cone._forms import factorize
 
 from ._dual_cone_problems import F64
 
@@ -144,6 +145,29 @@ def test_the_guess_is_float64_up_to_small_size_and_float32_pivoting_runs_beyond_
             assert bool(rough) == (m > rough_sizes), (m, fraction)
 
 
+@pytest.mark.parametrize("options", OPTIONS)
+def test_check_once_puts_one_attempt_of_fixed_length_first_on_the_plans_first_form(
+    options: SolverOptions,
+) -> None:
+    """ADMM of fixed length where the plan starts with ADMM; FISTA and pivoting of fixed
+    length below the ADMM sizes; on the form the plan tries first; then that plan, unchanged.
+    Otherwise (ADMM sizes without ADMM first) the plan alone."""
+    once = dataclasses.replace(options, check_once=True)
+    for m, fraction in itertools.product(SIZES, FRACTIONS):
+        facts = Facts(size=m, fraction=fraction, penalty=0.5)
+        usual, attempts = plan(facts, options), plan(facts, once)
+        if _names(usual[0])[0].startswith("admm"):
+            expected = ["admm (fixed)"]
+        elif m < options.admm_sizes[0]:
+            expected = ["fista", "pivoting (fixed)"]
+        else:
+            assert describe(attempts) == describe(usual), (m, fraction)
+            continue
+        assert describe(attempts[1:]) == describe(usual), (m, fraction)
+        assert _names(attempts[0]) == expected, (m, fraction)
+        assert attempts[0].form == usual[0].form, (m, fraction)
+
+
 def test_describe_gives_one_line_per_attempt_with_its_form_and_stages_in_order() -> None:
     def kernel(qp, x, options):
         raise AssertionError("describe runs no kernel")
@@ -193,12 +217,16 @@ def test_plan_for_never_poses_the_dual_of_a_gramian_that_may_be_too_badly_condit
     assert not _has_dual(gramian, dual_fraction=math.inf, dual_max_condition=5.2)
 
 
+def _facts(gramian: torch.Tensor, options: SolverOptions) -> Facts:
+    return factorize(gramian, options)[0].facts
+
+
 @pytest.mark.parametrize(("a", "penalty"), [(0.0, 1.0), (0.6, 1 - 0.36 / 2), (0.9, 0.595)])
 def test_the_primal_admm_penalty_is_the_mean_squared_cholesky_pivot(a: float, penalty: float):
     """For ``[[1, a], [a, 1]]`` (any row scales) the squared pivots are 1 and ``1 − a²``."""
     gramian = torch.tensor([[4.0, 2 * a * 3], [2 * a * 3, 9.0]], dtype=F64)
     options = SolverOptions(penalty_range=(0.0, 1.0), admm_sizes=(1, 10**9))  # read by ADMM
-    found = facts(factorize(gramian), options)
+    found = _facts(gramian, options)
     assert found.penalty == pytest.approx(penalty, rel=1e-12)
     assert found.size == 2
     assert found.fraction == pytest.approx(1 / (1 + a**2), rel=1e-12)
@@ -207,11 +235,5 @@ def test_the_primal_admm_penalty_is_the_mean_squared_cholesky_pivot(a: float, pe
 def test_the_primal_admm_penalty_is_clamped_to_penalty_range() -> None:
     gramian = torch.tensor([[1.0, 0.999], [0.999, 1.0]], dtype=F64)  # mean pivot² ≈ 0.501
     admm = (1, 10**9)  # the penalty is read by ADMM only
-    assert (
-        facts(factorize(gramian), SolverOptions(penalty_range=(0.7, 0.8), admm_sizes=admm)).penalty
-        == 0.7
-    )
-    assert (
-        facts(factorize(gramian), SolverOptions(penalty_range=(0.1, 0.3), admm_sizes=admm)).penalty
-        == 0.3
-    )
+    assert _facts(gramian, SolverOptions(penalty_range=(0.7, 0.8), admm_sizes=admm)).penalty == 0.7
+    assert _facts(gramian, SolverOptions(penalty_range=(0.1, 0.3), admm_sizes=admm)).penalty == 0.3

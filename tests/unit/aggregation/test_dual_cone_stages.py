@@ -148,6 +148,30 @@ CASES = [
     ),
     Case("FISTA's step by power iteration", _pivoting(squaring_size=0)),
     Case("loose stage tolerances: the final check decides", SolverOptions(tolerance=1e-4)),
+    Case(
+        "check once: an attempt of fixed length first",
+        SolverOptions(check_once=True),
+        lambda a: a[0].stages[-1].name in ("admm (fixed)", "pivoting (fixed)"),
+    ),
+    Case(
+        "check once, budgets too short: the plan goes on",
+        SolverOptions(check_once=True, once_admm_steps=(1, 0), once_pivoting_steps=0),
+    ),
+    Case(
+        "check once, on the dual",
+        SolverOptions(check_once=True, primal_admm_fraction=math.inf, **DUAL),
+        lambda a: a[0].form == "dual",
+    ),
+    Case(
+        "check once without ADMM: FISTA and pivoting of fixed length",
+        SolverOptions(check_once=True, admm_sizes=(10**9, 10**9)),
+        lambda a: [s.name for s in a[0].stages] == ["fista", "pivoting (fixed)"],
+    ),
+    Case(
+        "check once with ADMM at every size",
+        SolverOptions(check_once=True, admm_sizes=ALWAYS_ADMM),
+        lambda a: a[0].stages[0].name == "admm (fixed)",
+    ),
 ]
 
 
