@@ -142,10 +142,12 @@ def _project(
     if bounds.numel() == 0:
         return bounds.to(gramian.dtype)
     size = bounds.amax(dim=1, keepdim=True)
-    checks = (_finite(bounds), _finite(bounds if start is None else start), size.amin())
-    checks += (_diagonal(bounds, options),)
-    scaled, (*finite, smallest, diagonal) = factorize(matrix, options, checks)
-    for name, ok in zip(("preferences", "initial"), finite, strict=True):
+    named = {"preferences": bounds} if start is None else {"preferences": bounds, "initial": start}
+    checks = (*[torch.isfinite(v).all() for v in named.values()], size.amin())
+    scaled, (*finite, smallest, diagonal) = factorize(
+        matrix, options, (*checks, _diagonal(bounds, options))
+    )
+    for name, ok in zip(named, finite, strict=True):
         if not ok:
             raise ValueError(
                 f"`{name}` should contain only finite values. Found NaN or infinite entries "
@@ -164,10 +166,6 @@ def _project(
         scaled_start = None if start is None else start[rows] / size
         weights[rows] = solve(matrix, scaled, bounds[rows] / size, scaled_start, options) * size
     return weights.to(gramian.dtype)
-
-
-def _finite(values: Tensor) -> Tensor:
-    return torch.isfinite(values).all()
 
 
 def _diagonal(bounds: Tensor, options: SolverOptions) -> Tensor:

@@ -30,13 +30,16 @@ def fista(
     step = 1 / largest_eigenvalue(qp.matrix, options.squaring_size)
     # One projected gradient step from p is max(p @ (I − step M) + step b, ℓ).
     transition = torch.eye(qp.matrix.shape[0], dtype=x.dtype, device=x.device) - step * qp.matrix
-    shift = qp.linear * step
+    shift = None if qp.homogeneous else qp.linear * step
     ceiling = qp.lower + tolerance * qp.scale() if period else None
     x = torch.maximum(x, qp.lower)
     point, new = x.clone(), torch.empty_like(x)
     momentum, active = 1.0, None
     for iteration in range(1, steps + 1):
-        torch.addmm(shift, point, transition, out=new)
+        if shift is None:
+            torch.mm(point, transition, out=new)
+        else:
+            torch.addmm(shift, point, transition, out=new)
         torch.maximum(new, qp.lower, out=new)
         if period and iteration % period == 0:
             previous, active = active, new <= ceiling

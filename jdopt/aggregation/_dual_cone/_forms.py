@@ -48,7 +48,9 @@ def factorize(
     factor, info = torch.linalg.cholesky_ex(scaled)
     pivots = factor.diagonal()
     values = [pivots.amin(), info, torch.linalg.vector_norm(scaled), pivots.square().mean()]
-    read = torch.stack([v.to(gramian) for v in (*values, *checks)]).tolist()
+    dtype = gramian.dtype
+    read = torch.stack([v if v.dtype == dtype else v.to(dtype) for v in (*values, *checks)])
+    read = read.tolist()
     (pivot, failed, norm, mean_square), checked = read[:4], read[4:]
     # LAPACK reports NaN through `info`; the pivot check also catches a factor with NaN (where
     # G has a non-finite entry or a non-positive diagonal one) from a backend that does not.
@@ -81,7 +83,8 @@ class Forms:
         """The problems of ``form`` for the rows ``bounds`` (``diagonal``: see BoxQP)."""
         lower = bounds * self.scaled.root
         if form == "primal":
-            return BoxQP(self.scaled.matrix, torch.zeros_like(lower), lower, diagonal)
+            zeros = torch.zeros_like(lower)
+            return BoxQP(self.scaled.matrix, zeros, lower, diagonal, homogeneous=True)
         matrix, unit = self.dual
         return BoxQP(matrix, lower * unit, torch.zeros_like(lower), diagonal)
 

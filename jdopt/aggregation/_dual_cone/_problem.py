@@ -34,12 +34,14 @@ class BoxQP:
         lower: ``[k, m]`` lower bounds ``ℓ``.
         diagonal: whether ``ℓ`` and ``b`` are ``[m, m]`` with nonzero entries on their
             diagonals only, as UPGrad's are (products with them then scale rows).
+        homogeneous: whether ``b = 0``, as in the primal form (steps need no shift).
     """
 
     matrix: Tensor
     linear: Tensor
     lower: Tensor
     diagonal: bool = False
+    homogeneous: bool = False
 
     def scale(self) -> Tensor:
         """``[k, 1]`` the size of each problem's data, to which tolerances are relative.
@@ -59,13 +61,14 @@ class BoxQP:
 
     def rows(self, index: Tensor) -> BoxQP:
         """The problems of the given rows."""
-        return BoxQP(self.matrix, self.linear[index], self.lower[index])
+        linear, lower = self.linear[index], self.lower[index]
+        return BoxQP(self.matrix, linear, lower, homogeneous=self.homogeneous)
 
     def to(self, dtype: torch.dtype) -> BoxQP:
         if dtype == self.matrix.dtype:
             return self
         matrix, linear, lower = self.matrix.to(dtype), self.linear.to(dtype), self.lower.to(dtype)
-        return BoxQP(matrix, linear, lower, self.diagonal)
+        return BoxQP(matrix, linear, lower, self.diagonal, self.homogeneous)
 
     def residual(self, x: Tensor, product: Tensor) -> Tensor:
         """``[k]`` each row's KKT residual (:func:`violation`) in units of its scale, at ``x``

@@ -125,7 +125,7 @@ def _singular(
     short_cg = dataclasses.replace(options, cg_max_iter=options.singular_cg_steps)
     weights = _attempts(base + torch.diag(ridge), scaled, preferences, start, short_cg)
     root = scaled.root
-    qp = BoxQP(scaled.matrix, torch.zeros_like(preferences), preferences * root)
+    qp = BoxQP(scaled.matrix, torch.zeros_like(preferences), preferences * root, homogeneous=True)
     solution, _ = refine(qp, weights * root, options, ridge=ridge / root.square())
     weights = torch.maximum(solution / root, preferences)
     residual = float(kkt_residual(weights, preferences, base).max())

@@ -164,3 +164,46 @@ def test_a_failed_load_leaves_the_aggregator_state_alone() -> None:
     with pytest.raises(ValueError):
         other.load_state_dict(saved)  # parameter groups do not match
     assert repr(other.aggregator.state_dict()) == before
+
+
+class _RaisingWeighting(agg.Weighting):
+    def forward(self, gramian: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the method's own error")
+
+
+NON_FINITE_LOSSES = {
+    "NaN losses": lambda m: float_losses(m) * float("nan"),
+    "infinite losses with finite gradients": lambda m: float_losses(m) + float("inf"),
+}
+METHODS = {
+    "Mean (weights whatever the Gramian)": agg.MeanWeighting,
+    "UPGrad": agg.UPGrad,
+    "a method that raises": _RaisingWeighting,
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("losses", list(NON_FINITE_LOSSES))
+@pytest.mark.parametrize("gramian_engine", [False, True], ids=["autojac", "autogram"])
+def test_non_finite_losses_raise_their_error_whatever_the_method_does_with_them(
+    method: str, losses: str, gramian_engine: bool
+) -> None:
+    """The step checks the losses after the weights (one read of the device for every check),
+    yet their error is the one raised, and nothing changes."""
+    model = _model()
+    engine = {"model": model, "batch_dim": 0} if gramian_engine else {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    jd = JDOptimizer(optimizer, aggregator=METHODS[method](), **engine)
+    before = snapshot(model, jd)
+    with pytest.raises(ValueError, match="`losses` contains NaN or inf"):
+        jd.step(NON_FINITE_LOSSES[losses](model))
+    assert_same(before, snapshot(model, jd))
+
+
+def test_a_methods_own_error_reaches_the_caller_on_good_input() -> None:
+    model = _model()
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=_RaisingWeighting())
+    before = snapshot(model, jd)
+    with pytest.raises(RuntimeError, match="the method's own error"):
+        jd.step(float_losses(model))
+    assert_same(before, snapshot(model, jd))
