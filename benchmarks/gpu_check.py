@@ -7,8 +7,8 @@ It runs, each with its own time limit (about 8 minutes in all on an H100):
    device);
 3. ``benchmarks/iwrm.py``, ``benchmarks/models.py`` and ``benchmarks/dual_cone.py`` on the
    device;
-4. the host synchronisations of steady-state ``step``s (``torch.cuda.set_sync_debug_mode``),
-   with TF32 off and on.
+4. the host reads of steady-state ``step``s (``tests/utils/host_reads.py``) and their
+   synchronisations (``torch.cuda.set_sync_debug_mode``), with TF32 off and on.
 
 Usage::
 
@@ -81,19 +81,19 @@ def _text(value: bytes | str | None) -> str:
 
 
 def syncs(device: torch.device, quick: bool) -> str:
-    """Host synchronisations per steady-state step, counted by CUDA's sync debug mode (one
-    warning per synchronising call), for the autogram engine with UPGrad at B = 64 and 256 on
-    an MLP and for a multi-task step with 4 tasks, TF32 off and on."""
-    if device.type != "cuda":  # a dry run: the cases must still work
-        for _, step in _sync_cases(device, quick):
-            step()
-        return "The cases ran; not counted: the sync debug mode needs CUDA."
-    rows = ["| case | TF32 | syncs per step |", "|---|---|---|"]
-    for tf32 in (False, True):
+    """Host reads and synchronisations per steady-state step, for the autogram engine with
+    UPGrad at B = 64 and 256 on an MLP and for a multi-task step with 4 tasks, TF32 off and
+    on: the reads counted by ``tests/utils/host_reads.py`` (any device; the suite's budget is
+    4) and, on CUDA, the synchronising calls that CUDA's sync debug mode reports."""
+    cuda = device.type == "cuda"
+    rows = ["| case | TF32 | host reads | syncs (debug mode) |", "|---|---|---|---|"]
+    for tf32 in (False, True) if cuda else (False,):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         for name, step in _sync_cases(device, quick):
-            rows.append(f"| {name} | {'on' if tf32 else 'off'} | {_count_syncs(step)} |")
+            reads = _count_reads(step)
+            synced = _count_syncs(step) if cuda else "needs CUDA"
+            rows.append(f"| {name} | {'on' if tf32 else 'off'} | {reads} | {synced} |")
     return "\n".join(rows)
 
 
@@ -128,6 +128,17 @@ def _sync_cases(device: torch.device, quick: bool) -> list[tuple[str, object]]:
 
     cases.append(("autojac multi-task, 4 tasks", mtl_step))
     return cases
+
+
+def _count_reads(step) -> int:
+    sys.path.insert(0, str(ROOT))
+    from tests.utils.host_reads import HostReads
+
+    for _ in range(5):  # past the first steps' measurements and caches
+        step()
+    with HostReads() as reads:
+        step()
+    return reads.total
 
 
 def _count_syncs(step) -> int:

@@ -19,4 +19,6 @@ def test_the_gpu_check_dry_run_reports_every_section_it_runs(tmp_path: Path) -> 
     for section in ("## env", "## iwrm", "## dual_cone", "## syncs"):
         assert section in text
     assert "exit 0" in text and "stopped" not in text
-    assert "The cases ran" in text  # the sync cases run on the CPU, uncounted
+    # The sync cases run on the CPU: their host reads counted, the debug mode's syncs not.
+    assert "| autogram + UPGrad, MLP, B = 64 | off |" in text
+    assert "needs CUDA" in text
