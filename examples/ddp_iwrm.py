@@ -59,11 +59,11 @@ def train(rank: int, world: int, device: torch.device, steps: int, batch: int) -
     jd = JDOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.05), aggregator=UPGrad(), model=ddp, batch_dim=0
     )
-    w = torch.randn(20, 1, generator=torch.Generator().manual_seed(1)).to(device)
+    w = torch.randn(20, 1, generator=torch.Generator().manual_seed(1), device="cpu").to(device)
     losses = torch.zeros(1)
     for step in range(steps):
         g = torch.Generator().manual_seed(1000 * step + rank)  # each process its own share
-        x = torch.randn(batch, 20, generator=g).to(device)
+        x = torch.randn(batch, 20, generator=g, device="cpu").to(device)
         y = torch.tanh(x @ w)
         losses = ((ddp(x) - y) ** 2).squeeze(1)  # [batch]: one loss per local sample
         jd.zero_grad()

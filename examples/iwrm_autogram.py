@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     history = []
     for step in range(args.steps):
         batch = torch.randint(
-            0, len(x), (args.batch,), generator=torch.Generator().manual_seed(step)
+            0, len(x), (args.batch,), generator=torch.Generator().manual_seed(step), device="cpu"
         )
         losses = loss_fn(model(x[batch]), y[batch]).squeeze(1)  # [B]
         gramian = engine.compute_gramian(losses)  # [B, B], without per-sample gradients

@@ -28,11 +28,11 @@ from jdopt.aggregation import UPGrad
 
 def make_data(n: int, n_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 10, generator=g)
-    directions = torch.randn(10, n_tasks, generator=g)
+    x = torch.randn(n, 10, generator=g, device="cpu")
+    directions = torch.randn(10, n_tasks, generator=g, device="cpu")
     directions[:, 1] = -directions[:, 0] + 0.3 * directions[:, 1]  # tasks 0 and 1 conflict
-    y = torch.tanh(x @ directions) + 0.05 * torch.randn(n, n_tasks, generator=g)
-    return x, y
+    y = torch.tanh(x @ directions) + 0.05 * torch.randn(n, n_tasks, generator=g, device="cpu")
+    return x.to(torch.get_default_device()), y.to(torch.get_default_device())
 
 
 def main(argv: list[str] | None = None) -> list[float]:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     history = []
     for step in range(args.steps):
         batch = torch.randint(
-            0, len(x), (args.batch,), generator=torch.Generator().manual_seed(step)
+            0, len(x), (args.batch,), generator=torch.Generator().manual_seed(step), device="cpu"
         )
         losses = ((model(x[batch]) - y[batch]) ** 2).squeeze(1)  # [B]
         jd.zero_grad()

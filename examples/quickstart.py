@@ -31,7 +31,7 @@ def load_digits(limit: int | None) -> tuple[torch.Tensor, ...]:
     digits = datasets.load_digits()
     x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
     y = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0), device="cpu")
     x, y = x[order], y[order]
     split = int(0.8 * len(x))
     train, test = (x[:split], y[:split]), (x[split:], y[split:])
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     batches = list(torch.arange(len(x_train)).split(args.batch_size))
     progress = tqdm(total=args.epochs * len(batches), desc="training", unit="step")
     for epoch in range(args.epochs):
-        shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(epoch))
+        generator = torch.Generator().manual_seed(epoch)
+        shuffle = torch.randperm(len(batches), generator=generator, device="cpu")
         for b in shuffle.tolist():
             x, y = x_train[batches[b]], y_train[batches[b]]
             losses = F.cross_entropy(jd_model(x), y, reduction="none")  # one loss per sample

@@ -5,7 +5,8 @@ tensors and modules created without ``device=`` land on it. ``JDOPT_DEVICE=cpu``
 the default device explicitly: the code under test then runs under ``torch.set_default_device``
 as it would on a GPU, which catches tensors created on the default device instead of their
 input's. Random problems are drawn on the CPU and moved (``tests/utils/device.py``), so every
-device tests the same numbers.
+device tests the same numbers; wherever the default device is set, ``GENERATOR_CHECK``
+refuses a draw from a generator onto the default device, which a GPU would refuse.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.utils.device import DEVICE, ENV_VAR, EXPLICIT, describe
+from tests.utils.device import DEFAULT, DEVICE, ENV_VAR, GENERATOR_CHECK, describe
 
 
 def _check_available() -> None:
@@ -28,14 +29,16 @@ def _check_available() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _check_available()
-    if EXPLICIT or DEVICE.type != "cpu":
-        torch.set_default_device(DEVICE)
+    if DEFAULT is not None:
+        torch.set_default_device(DEFAULT)
         if DEVICE.type == "cuda":
             torch.cuda.set_device(DEVICE.index or 0)
+        GENERATOR_CHECK.__enter__()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if EXPLICIT or DEVICE.type != "cpu":
+    if DEFAULT is not None:
+        GENERATOR_CHECK.__exit__(None, None, None)
         torch.set_default_device(None)
 
 

@@ -40,9 +40,10 @@ def make_iwrm_model() -> nn.Module:
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(10 + step)
-    x = torch.randn(GLOBAL_BATCH, 5, generator=g, dtype=torch.float64)
-    y = torch.randn(GLOBAL_BATCH, 3, generator=g, dtype=torch.float64)
-    return x, y
+    # Drawn on the CPU (the generator's device), then on this process's default device.
+    x = torch.randn(GLOBAL_BATCH, 5, generator=g, dtype=torch.float64, device="cpu")
+    y = torch.randn(GLOBAL_BATCH, 3, generator=g, dtype=torch.float64, device="cpu")
+    return x.to(torch.get_default_device()), y.to(torch.get_default_device())
 
 
 def _share(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 ENV_VAR = "JDOPT_DEVICE"
 
@@ -23,6 +25,10 @@ DEVICE = torch.device(os.environ.get(ENV_VAR) or "cpu")
 
 EXPLICIT = bool(os.environ.get(ENV_VAR))
 """Whether ``JDOPT_DEVICE`` was set: then the default device is set even when it is the CPU."""
+
+DEFAULT = DEVICE if EXPLICIT or DEVICE.type != "cpu" else None
+"""What ``tests/conftest.py`` passes to ``torch.set_default_device`` for the session (``None``:
+the default device is not set); a test that sets another default device restores this one."""
 
 CPU = torch.device("cpu")
 
@@ -36,7 +42,10 @@ def _dtype(dtype: torch.dtype | None) -> torch.dtype:
     return torch.get_default_dtype() if dtype is None else dtype
 
 
-def draw(*shape: int, generator: torch.Generator, dtype: torch.dtype | None = None) -> Tensor:
+Shape = int | Sequence[int]  # ints, or one tuple or torch.Size (``()``: a 0-dim tensor)
+
+
+def draw(*shape: Shape, generator: torch.Generator, dtype: torch.dtype | None = None) -> Tensor:
     """``torch.randn(*shape)`` drawn on the CPU from ``generator``, on ``DEVICE``.
 
     ``dtype`` defaults to the default dtype, as in ``torch.randn``.
@@ -45,7 +54,7 @@ def draw(*shape: int, generator: torch.Generator, dtype: torch.dtype | None = No
 
 
 def draw_uniform(
-    *shape: int, generator: torch.Generator, dtype: torch.dtype | None = None
+    *shape: Shape, generator: torch.Generator, dtype: torch.dtype | None = None
 ) -> Tensor:
     """``torch.rand(*shape)`` (uniform on ``[0, 1)``) drawn on the CPU, on ``DEVICE``."""
     return torch.rand(*shape, generator=generator, dtype=_dtype(dtype), device=CPU).to(DEVICE)
@@ -63,6 +72,64 @@ def draw_integers(
     return torch.randint(low, high, shape, generator=generator, device=CPU).to(DEVICE)
 
 
+# The random factories that draw onto the default device when ``device=`` is left out.
+_RANDOM_FACTORIES = frozenset({torch.rand, torch.randn, torch.randint, torch.randperm})
+
+
+class GeneratorDeviceCheck(TorchFunctionMode):
+    """Makes a draw that would fail on a GPU fail on the CPU too.
+
+    A random factory (``torch.rand``, ``randn``, ``randint``, ``randperm``) called without
+    ``device=`` puts its numbers on the default device, and a generator draws only on its own
+    device: with the suite's CPU generators, the call fails where the default device is a GPU
+    and passes on the CPU. Pushed for the session wherever the default device is set, this mode
+    refuses, on every device, a factory call that has a ``generator`` but no ``device=``, or
+    ``device=DEVICE`` (the very object, which names the GPU there): draw on the CPU and move the
+    numbers, as :func:`draw` and its siblings do.
+
+    Draws whose device follows a tensor argument (``*_like``, ``bernoulli``, ``multinomial``,
+    ``Tensor.normal_``, ``nn.init``) are not checked: on the CPU nothing tells whether that
+    tensor would be on the GPU.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        generator = kwargs.get("generator")
+        if generator is not None and func in _RANDOM_FACTORIES:
+            device = kwargs.get("device")
+            if device is None or device is DEVICE:
+                raise RuntimeError(_refusal(func, generator, device))
+        return func(*args, **kwargs)
+
+
+GENERATOR_CHECK = GeneratorDeviceCheck()
+"""The check that ``tests/conftest.py`` pushes for the session where ``DEFAULT`` is set."""
+
+
+@contextmanager
+def generator_check_suspended() -> Iterator[None]:
+    """The session's :data:`GENERATOR_CHECK` off the mode stack meanwhile (a no-op where the
+    default device is not set)."""
+    if DEFAULT is None:
+        yield
+        return
+    GENERATOR_CHECK.__exit__(None, None, None)
+    try:
+        yield
+    finally:
+        GENERATOR_CHECK.__enter__()
+
+
+def _refusal(func: Callable, generator: torch.Generator, device: object) -> str:
+    where = "without device=" if device is None else "with device=DEVICE"
+    return (
+        f"torch.{func.__name__} draws from a {generator.device} generator {where}: the numbers "
+        f"go to the suite's device ({ENV_VAR}), where a CPU generator cannot draw once that is "
+        "a GPU. Draw on the generator's device and move the numbers: tests/utils/device.py's "
+        "draw, draw_uniform, draw_integers, draw_permutation, or device=CPU then .to(DEVICE)."
+    )
+
+
 def on_device(tensor: Tensor) -> Tensor:
     """``tensor`` moved to ``DEVICE`` (a no-op when it is there already)."""
     return tensor.to(DEVICE)
@@ -75,7 +142,7 @@ def describe() -> list[str]:
         name = torch.cuda.get_device_name(DEVICE)
     elif DEVICE.type != "cpu":
         name = DEVICE.type
-    default = "set" if EXPLICIT or DEVICE.type != "cpu" else "not set (PyTorch's own: cpu)"
+    default = "not set (PyTorch's own: cpu)" if DEFAULT is None else "set"
     lines = [f"jdopt test device: {DEVICE} ({name}); default device {default} [{ENV_VAR}]"]
     return [*lines, "jdopt TF32: " + ", ".join(_tf32_flags())]
 

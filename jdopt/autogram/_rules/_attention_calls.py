@@ -8,19 +8,26 @@ the mode. Nothing of the module or of ``torch`` is modified, and the attention r
 
 A mode cannot simply watch ``F.linear`` inside the function: torch hands the whole call of
 ``F.multi_head_attention_forward`` to the mode, and runs its body with the mode switched off.
+
+The modes below ours (``torch.set_default_device``'s, always at the bottom of the stack, or the
+user's) see the call too: torch's function hands it on to them, and the one that runs it runs
+torch's own code, unrecorded. So the mode passes the call on down the stack unchanged, over a
+second mode put under them all, which runs the re-linked code where torch's own would have run.
 """
 
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._C import _len_torch_function_stack
 from torch.autograd.graph import get_gradient_edge
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _pop_mode, _push_mode
 from torch.utils.hooks import RemovableHandle
 
 from ._base import Use
@@ -141,7 +148,23 @@ class _Recording:
 
 
 class _Intercept(TorchFunctionMode):
-    """Runs ``F.multi_head_attention_forward`` as ``forward`` (torch's code, re-linked)."""
+    """Sends ``F.multi_head_attention_forward`` on to the modes below it, with ``_Run`` under
+    them all."""
+
+    def __init__(self, forward: Callable) -> None:
+        super().__init__()
+        self.forward = forward
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.multi_head_attention_forward:
+            with _at_the_bottom(_Run(self.forward)):
+                return func(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+class _Run(TorchFunctionMode):
+    """Runs ``F.multi_head_attention_forward`` as ``forward`` (torch's code, re-linked), when
+    every other mode has let the call through."""
 
     def __init__(self, forward: Callable) -> None:
         super().__init__()
@@ -151,6 +174,22 @@ class _Intercept(TorchFunctionMode):
         if func is F.multi_head_attention_forward:
             return self.forward(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def _at_the_bottom(mode: TorchFunctionMode) -> Iterator[None]:
+    """``mode`` under the modes on torch's stack, then removed."""
+    above = [_pop_mode() for _ in range(_len_torch_function_stack())]
+    _push_mode(mode)
+    for other in reversed(above):
+        _push_mode(other)
+    try:
+        yield
+    finally:
+        above = [_pop_mode() for _ in range(_len_torch_function_stack() - 1)]
+        _pop_mode()  # `mode`
+        for other in reversed(above):
+            _push_mode(other)
 
 
 def _relinked_attention(linear: Callable) -> Callable:

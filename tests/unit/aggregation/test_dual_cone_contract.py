@@ -8,6 +8,7 @@ import torch
 
 from jdopt.aggregation import UPGrad
 from jdopt.aggregation._dual_cone import SOLVERS, kkt_residual, project_weights
+from tests.utils.device import draw, draw_permutation, seeded
 
 from ._dual_cone_problems import (
     F64,
@@ -139,7 +140,7 @@ def test_each_row_is_solved_as_its_own_problem() -> None:
 
 def test_permuting_the_objectives_permutes_the_weights() -> None:
     gramian, preferences = make(rand, 20, 3), upgrad_preferences(20)
-    permutation = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    permutation = draw_permutation(20, generator=seeded(0))
     weights = project_weights(preferences, gramian)
     permuted = project_weights(preferences[:, permutation], gramian[permutation][:, permutation])
     assert_close_to(permuted, weights[:, permutation], 1e-6)
@@ -235,7 +236,7 @@ def test_every_solver_meets_the_kkt_conditions(solver: str) -> None:
 def test_weights_are_normal_tensors_that_autograd_may_save(m: int) -> None:
     """Not inference tensors, which autograd refuses to save for backward."""
     generator = torch.Generator().manual_seed(m)
-    jacobian = torch.randn(m, 30, generator=generator, dtype=F64, requires_grad=True)
+    jacobian = draw(m, 30, generator=generator, dtype=F64).requires_grad_()
     weights = project_weights(upgrad_preferences(m), gramian_of(jacobian.detach()))
     assert not weights.is_inference()
     (weights.sum(dim=0) @ jacobian).square().sum().backward()  # saves the weights

@@ -178,7 +178,7 @@ def test_mixed_sign_preferences_with_tiny_positive_parts(seed: int) -> None:
 def test_degenerate_problems_are_solved(m: int, seed: int) -> None:
     """Two equal objectives of a low-rank Jacobian: once more pivoting steps than allowed."""
     g = torch.Generator().manual_seed(seed)
-    matrix = torch.randn(m, m // 2, generator=g, dtype=F64)
+    matrix = randn(g, m, m // 2)
     matrix[1] = matrix[0]
     gramian, preferences = gramian_of(matrix), upgrad_preferences(m)
     weights = project_weights(preferences, gramian)

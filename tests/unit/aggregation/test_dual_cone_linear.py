@@ -17,6 +17,7 @@ from jdopt.aggregation._dual_cone._linear import (
     solve_masked,
     solve_refined,
 )
+from tests.utils.device import draw_uniform, seeded
 
 from ._dual_cone_problems import (
     F64,
@@ -31,7 +32,7 @@ def _system(m: int, k: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """An SPD ``M``, free sets (one row all free, one none), targets and fixed values."""
     g = torch.Generator().manual_seed(seed)
     jacobian = randn(g, m, N)
-    free = torch.rand(k, m, generator=g) < 0.5
+    free = draw_uniform(k, m, generator=g) < 0.5
     free[0], free[1] = True, False
     return jacobian @ jacobian.T, free, randn(g, k, m), randn(g, k, m)
 
@@ -94,7 +95,7 @@ def test_cg_reports_a_matrix_that_is_not_positive_definite_as_unsolved() -> None
 
 
 def test_free_first_is_a_stable_argsort_of_the_fixed_mask() -> None:
-    free = torch.rand(20, 13, generator=torch.Generator().manual_seed(0)) < 0.4
+    free = draw_uniform(20, 13, generator=seeded(0)) < 0.4
     free[0], free[1] = True, False
     expected = torch.argsort((~free).to(torch.int8), dim=1, stable=True)
     for size in [13, 5]:

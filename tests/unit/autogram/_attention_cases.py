@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from jdopt.autogram import Engine
+from tests.utils.device import draw, seeded
 
 from ._reference import assert_exact
 
@@ -18,7 +19,7 @@ B, T, S, E = 3, 4, 5, 4
 
 
 def randn(*shape: int, seed: int = 1) -> Tensor:
-    return torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    return draw(*shape, generator=seeded(seed), dtype=F64)
 
 
 def losses_of(out: Tensor, setting: str) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from tests.utils.architectures import ARCHITECTURES, Architecture
+from tests.utils.device import draw, draw_integers, seeded
 
 from ._settings import PER_SAMPLE
 
@@ -31,12 +32,12 @@ def mlp_losses(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def randn(*shape: int, seed: int = 1) -> Tensor:
-    return torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    return draw(*shape, generator=seeded(seed), dtype=F64)
 
 
 def indices(seed: int = 1) -> Tensor:
     """Token indices ``[B, 3]`` below 7."""
-    return torch.randint(0, 7, (B, 3), generator=torch.Generator().manual_seed(seed))
+    return draw_integers(0, 7, (B, 3), generator=seeded(seed))
 
 
 def by_name(name: str) -> Architecture:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from jdopt.autogram._hooks import make_hook
 from jdopt.autogram._rules import Use, make_rule
+from tests.utils.device import draw, seeded
 
 from ._settings import SETTINGS
 
@@ -109,7 +110,7 @@ LOSSES = [s for s in SETTINGS if s.name in ("B", "B_k", "m")]
 
 def inputs(seed: int = 1) -> Tensor:
     """Batch-first inputs ``[B, T, IN]``."""
-    return torch.randn(B, T, IN, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    return draw(B, T, IN, generator=seeded(seed), dtype=F64)
 
 
 def model_of(config: Config) -> SequenceModel:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from tests.utils.device import draw_uniform, seeded
 from tests.utils.reference import jacobian_by_rows
 
 TOLERANCE = 1e-6  # relative, in float64
@@ -54,9 +55,7 @@ def assert_exact(engine, losses: Tensor, params: Sequence[Tensor]) -> frozenset:
     """Asserts that the engine's Gramian of ``losses`` and its weighted gradient (seeded random
     weights) match the row-by-row references; returns the ids of the parameters whose
     gradients came from the exact fallback (so a test can require the closed forms)."""
-    weights = torch.rand(
-        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(9)
-    )
+    weights = draw_uniform(losses.shape, generator=seeded(9), dtype=losses.dtype)
     gramian = engine.compute_gramian(losses)
     assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
     fallback = frozenset(id(p) for p in engine.fallback_parameters)

@@ -8,6 +8,8 @@ layers built on it are in ``test_transformer_rules.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from jdopt.autogram import Engine
 from jdopt.autogram._rules import AttentionRule, make_rule
+from tests.utils.device import DEFAULT, DEVICE
 
 from ._attention_cases import (
     CASES,
@@ -108,12 +111,51 @@ class _PassThrough(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_call_the_rule_cannot_see_goes_to_the_fallback() -> None:
-    """Under another ``TorchFunctionMode``, torch hands the attention function to that mode,
-    which runs it unrecorded: the call's parameters get their gradients from the losses."""
+class _OwnAttention(TorchFunctionMode):
+    """Runs the attention function its own way: with every mode switched off."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.multi_head_attention_forward:
+            with torch._C.DisableTorchFunction():
+                return func(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "mode", [_PassThrough, lambda: torch.device(DEVICE)], ids=["pass_through", "torch.device"]
+)
+def test_a_call_another_mode_lets_through_keeps_the_closed_forms(mode: Callable) -> None:
+    """Under another ``TorchFunctionMode`` that lets the attention function run (a default
+    device's among them), the call is recorded: the closed forms, no fallback."""
     attention = Case("self").make()
     engine = Engine(attention, batch_dim=0)
-    with _PassThrough():
+    with mode():
+        losses = losses_of(Case("self").outputs(attention), "B")
+    assert_closed_form_exact(engine, losses, list(attention.parameters()))
+
+
+def test_the_closed_forms_hold_under_a_default_device() -> None:
+    """``torch.set_default_device`` puts its mode under every other: the projections keep
+    their closed forms, with the exact Gramian."""
+    torch.set_default_device(DEVICE)
+    try:
+        attention = Case("self").make()
+        engine = Engine(attention, batch_dim=0)
+        losses = losses_of(Case("self").outputs(attention), "B")
+        params = list(attention.parameters())
+        gramian = engine.compute_gramian(losses)
+        assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
+        assert not engine.fallback_parameters
+    finally:
+        torch.set_default_device(DEFAULT)
+
+
+def test_a_call_another_mode_runs_its_own_way_goes_to_the_fallback() -> None:
+    """A mode that runs the attention function its own way hides the projections from the
+    rule: the call's parameters get their gradients from the losses, exactly."""
+    attention = Case("self").make()
+    engine = Engine(attention, batch_dim=0)
+    with _OwnAttention():
         losses = losses_of(Case("self").outputs(attention), "B")
     gramian = engine.compute_gramian(losses)
     params = list(attention.parameters())

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from jdopt.autogram import Engine
 from tests.utils.architectures import trainable_parameters
+from tests.utils.device import draw, draw_integers, seeded
 
 from ._models import F64, B, all_hooks_removed, mlp, mlp_inputs, mlp_losses, randn
 from ._reference import TOLERANCE, assert_exact, reference_gramian, relative_error
@@ -57,7 +58,7 @@ def test_a_layer_called_without_the_batch_takes_the_fallback(batch_dim: int | No
     torch.manual_seed(0)
     model = _LearnedPositions().to(F64)
     engine = Engine(model, batch_dim=batch_dim)
-    idx = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(1))
+    idx = draw_integers(0, 7, (4, 5), generator=seeded(1))
     out = model(idx)
     losses = (out**2).mean(dim=1) if batch_dim == 0 else (out**2).mean(dim=0)
     fallback = assert_exact(engine, losses, trainable_parameters(model))
@@ -131,7 +132,7 @@ def test_batchnorm_without_batch_dim_is_exact() -> None:
         nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2)
     ).to(F64)
     engine = Engine(model, batch_dim=None)
-    x = torch.randn(5, 2, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x = draw(5, 2, 4, 4, generator=seeded(1), dtype=F64)
     out = model(x)
     losses = torch.stack([(out**2).mean(), out[:, 0].sum(), torch.sin(out).sum()])
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from jdopt.autogram import Engine
+from tests.utils.device import draw_uniform, seeded
 
 from ._reference import TOLERANCE, reference_gramian, reference_weighted_gradient, relative_error
 from ._settings import SETTINGS, Setting
@@ -48,9 +49,7 @@ def test_every_convolution_way_is_exact(
     params = list(model.parameters())
     gramian = engine.compute_gramian(losses)
     assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
-    weights = torch.rand(
-        losses.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
-    )
+    weights = draw_uniform(losses.shape, generator=seeded(1), dtype=torch.float64)
     engine.accumulate_grads(weights)
     expected = reference_weighted_gradient(losses, weights, params)
     for param, grad in zip(params, expected, strict=True):

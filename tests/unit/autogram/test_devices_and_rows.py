@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from jdopt import JDOptimizer
 from jdopt.autogram import Engine
 from jdopt.autogram._assembly import sum_parts
+from tests.utils.device import draw_uniform, seeded
 
 from ._models import F64, B, randn
 from ._reference import (
@@ -98,7 +99,7 @@ def test_an_operation_without_batching_rule_is_exact_when_the_graph_is_freed(
     engine.compute_gramian(make_losses(model(randn(B, 3, seed=1))))  # checked, graph kept
     for seed in (2, 3):
         losses = make_losses(model(randn(B, 3, seed=seed)))
-        weights = torch.rand(losses.shape, dtype=F64, generator=torch.Generator().manual_seed(9))
+        weights = draw_uniform(losses.shape, generator=seeded(9), dtype=F64)
         expected = reference_gramian(losses, params)
         expected_grads = reference_weighted_gradient(losses, weights, params)
         gramian = engine.compute_gramian(losses, retain_graph=False)

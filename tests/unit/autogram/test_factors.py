@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from jdopt.autogram._rules._factors import factor_gramian
+from tests.utils.device import draw
 
 
 def _explicit(x: torch.Tensor, dy: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -38,7 +39,7 @@ def test_factor_gramian_equals_the_gramian_of_materialised_gradients(shape, bias
     """With or without a batch dimension, one or many positions, few or many features."""
     s, b, t, i, o = shape
     g = torch.Generator().manual_seed(sum(shape))
-    x = torch.randn(b, t, i, generator=g, dtype=torch.float64)
-    dy = torch.randn(s, b, t, o, generator=g, dtype=torch.float64)
+    x = draw(b, t, i, generator=g, dtype=torch.float64)
+    dy = draw(s, b, t, o, generator=g, dtype=torch.float64)
     expected = _explicit(x, dy, bias)
     assert torch.allclose(factor_gramian(x, dy, bias=bias), expected, rtol=1e-10, atol=1e-10)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from jdopt.autogram import Engine
 from tests.utils.architectures import trainable_parameters
+from tests.utils.device import draw, draw_uniform, seeded
 
 from ._models import F64, B, randn
 from ._reference import (
@@ -59,11 +60,11 @@ def test_a_layer_without_closed_form_is_exact_wherever_its_weight_is_used(
             losses = losses + (x[:, 0] * gate.weight.sum()) ** 2
         return losses
 
-    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x = draw(4, 2, generator=seeded(1), dtype=F64)
     engine.compute_gramian(losses_of(x))  # the first Gramian is checked (graph kept for it)
     losses = losses_of(x)
     params = trainable_parameters(model)
-    weights = torch.rand(4, dtype=F64, generator=torch.Generator().manual_seed(2))
+    weights = draw_uniform(4, generator=seeded(2), dtype=F64)
     expected_gramian = reference_gramian(losses, params)
     expected = reference_weighted_gradient(losses, weights, params)
     gramian = engine.compute_gramian(losses, retain_graph=retain_graph)

@@ -10,6 +10,7 @@ import torch
 from jdopt.aggregation import UPGradWeighting
 from jdopt.autogram import Engine
 from tests.utils.architectures import trainable_parameters
+from tests.utils.device import draw
 
 from ._models import F64, by_name
 from ._reference import TOLERANCE, accumulated_grads, flat, reference_gramian, relative_error
@@ -52,7 +53,7 @@ def test_gramian_of_rows_equals_that_of_the_vector_jacobian_products(
     features = arch.outputs(model, inputs)
     first, second = features[:, :1], features[:, 1:]
     g = torch.Generator().manual_seed(3)
-    cotangents = [torch.randn(4, *t.shape, generator=g, dtype=F64) for t in (first, second)]
+    cotangents = [draw(4, *t.shape, generator=g, dtype=F64) for t in (first, second)]
     rows = torch.stack(
         [
             flat(

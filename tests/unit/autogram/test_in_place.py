@@ -20,6 +20,7 @@ from jdopt import JDOptimizer
 from jdopt.autogram import Engine, register_rule
 from jdopt.autogram._rules import LinearRule
 from tests.utils.architectures import ARCHITECTURES, trainable_parameters
+from tests.utils.device import draw, seeded
 
 from ._reference import TOLERANCE, assert_exact, flat, reference_gramian, relative_error
 from ._settings import PER_SAMPLE, per_sample
@@ -30,7 +31,7 @@ _IN_PLACE_ZOO = [arch for arch in ARCHITECTURES if arch.name.endswith("_inplace"
 
 
 def _randn(*shape: int, seed: int = 1) -> Tensor:
-    return torch.randn(*shape, dtype=_F64, generator=torch.Generator().manual_seed(seed))
+    return draw(*shape, generator=seeded(seed), dtype=_F64)
 
 
 _OPS: dict[str, Callable[[Tensor], object]] = {
@@ -72,7 +73,7 @@ def test_an_in_place_activation_module_after_a_hooked_layer_is_exact() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)).to(_F64)
     engine = Engine(model, batch_dim=0)
-    x = torch.randn(5, 3, dtype=_F64, generator=torch.Generator().manual_seed(1))
+    x = draw(5, 3, generator=seeded(1), dtype=_F64)
     losses = PER_SAMPLE.losses(model(x))
 
     gramian = engine.compute_gramian(losses)
@@ -212,7 +213,7 @@ def test_gramian_of_rows_with_in_place_operations(arch, batch_dim: int | None) -
     params = trainable_parameters(model)
     engine = Engine(model, batch_dim=batch_dim)
     features = arch.outputs(model, inputs)
-    cotangents = torch.randn(3, *features.shape, dtype=_F64, generator=torch.Generator())
+    cotangents = draw(3, *features.shape, generator=seeded(0), dtype=_F64)
     rows = torch.stack(
         [
             flat(torch.autograd.grad((c * features).sum(), params, retain_graph=True))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from jdopt.autogram import Engine
+from tests.utils.device import draw_uniform, seeded
 
 from ._models import F64, B, all_hooks_removed, mlp, mlp_inputs, mlp_losses, randn
 from ._reference import (
@@ -125,7 +126,7 @@ def test_consecutive_steps_are_each_exact() -> None:
     for seed in range(3):
         model.zero_grad()
         losses = mlp_losses(model, mlp_inputs(seed=seed))
-        weights = torch.rand(5, dtype=F64, generator=torch.Generator().manual_seed(seed))
+        weights = draw_uniform(5, generator=seeded(seed), dtype=F64)
         gramian = engine.compute_gramian(losses)
         assert relative_error(gramian, reference_gramian(losses, params)) <= TOLERANCE
         expected = reference_weighted_gradient(losses, weights, params)

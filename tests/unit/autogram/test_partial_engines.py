@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from jdopt.autogram import Engine
 from tests.utils.architectures import trainable_parameters
+from tests.utils.device import draw_uniform, seeded
 
 from ._models import F64, B, by_name, indices, mlp, mlp_inputs, mlp_losses, randn
 from ._reference import (
@@ -46,7 +47,7 @@ def test_partial_engine_accumulates_only_its_parameters() -> None:
     model = mlp()
     engine = Engine(model[4], batch_dim=0)
     losses = mlp_losses(model, mlp_inputs())
-    weights = torch.rand(5, dtype=F64, generator=torch.Generator().manual_seed(2))
+    weights = draw_uniform(5, generator=seeded(2), dtype=F64)
     engine.compute_gramian(losses)
     params = trainable_parameters(model[4])
     expected = reference_weighted_gradient(losses, weights, params)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from jdopt.autogram import Engine
 from jdopt.autogram._rules import make_rule
 from jdopt.autogram._rules._recurrent import recompute
+from tests.utils.device import draw_integers, seeded
 
 from ._models import indices
 from ._recurrent_models import (
@@ -90,7 +91,7 @@ def test_embedding_classifier_matches_reference(kind: str, batch_dim: int | None
     cross-entropy: exact."""
     torch.manual_seed(0)
     model = Classifier(Config(kind, layers=2, bidirectional=True)).to(F64)
-    idx = torch.randint(0, 7, (B, T), generator=torch.Generator().manual_seed(2))
+    idx = draw_integers(0, 7, (B, T), generator=seeded(2))
     engine = Engine(model, batch_dim=batch_dim)
     out = model(idx)
     losses = nn.functional.cross_entropy(out, torch.tensor([0, 1, 1]), reduction="none")

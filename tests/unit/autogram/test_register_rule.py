@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from jdopt.autogram import Engine, Layout, Rule, Use, register_rule
+from tests.utils.device import draw, seeded
 
 from ._reference import assert_exact
 from ._settings import SETTINGS, Setting
@@ -58,7 +59,7 @@ class _Model(nn.Module):
 
 
 def _inputs() -> Tensor:
-    return torch.randn(4, 5, 2, dtype=_F64, generator=torch.Generator().manual_seed(1))
+    return draw(4, 5, 2, generator=seeded(1), dtype=_F64)
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from jdopt.autogram import Engine
+from tests.utils.device import draw_integers, seeded
 
 from ._attention_cases import F64, SETTINGS, B, E, S, T, assert_closed_form_exact, losses_of, randn
 
@@ -50,7 +51,7 @@ class _CausalDecoder(nn.Module):
 
 
 def _tokens() -> tuple[Tensor, Tensor]:
-    tokens = torch.randint(0, 7, (B, T), generator=torch.Generator().manual_seed(2))
+    tokens = draw_integers(0, 7, (B, T), generator=seeded(2))
     padding = torch.zeros(B, T, dtype=torch.bool)
     padding[1, -1] = True
     return tokens, padding

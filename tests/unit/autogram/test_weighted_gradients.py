@@ -10,6 +10,7 @@ from torch import nn
 from jdopt.aggregation import MeanWeighting, UPGradWeighting
 from jdopt.autogram import Engine
 from tests.utils.architectures import trainable_parameters
+from tests.utils.device import draw_uniform, seeded
 
 from ._models import F64, B, by_name, indices, mlp, mlp_inputs, mlp_losses, randn
 from ._reference import (
@@ -103,7 +104,7 @@ def test_a_sparse_embedding_gets_a_sparse_gradient() -> None:
     model = model.to(F64)
     engine = Engine(model, batch_dim=0)
     losses = model(indices()).squeeze(1) ** 2
-    weights = torch.rand(B, dtype=F64, generator=torch.Generator().manual_seed(9))
+    weights = draw_uniform(B, generator=seeded(9), dtype=F64)
     engine.compute_gramian(losses)
     engine.accumulate_grads(weights)
     grad = model[0].weight.grad

@@ -7,6 +7,7 @@ import torch
 
 from jdopt.autogram import Engine
 from tests.utils.architectures import ARCHITECTURES, Architecture, trainable_parameters
+from tests.utils.device import draw, draw_uniform, seeded
 
 from ._reference import (
     TOLERANCE,
@@ -59,9 +60,7 @@ def test_accumulate_grads_matches_reference(arch: Architecture, setting: Setting
     params = trainable_parameters(model)
     engine = Engine(model, batch_dim=setting.batch_dim)
     losses = setting.losses(arch.outputs(model, inputs))
-    weights = torch.rand(
-        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(3)
-    )
+    weights = draw_uniform(losses.shape, generator=seeded(3), dtype=losses.dtype)
     engine.compute_gramian(losses)
     expected = reference_weighted_gradient(losses, weights, params)
 
@@ -80,9 +79,7 @@ def test_accumulate_grads_adds_to_existing_grads(arch: Architecture) -> None:
         p.grad = torch.ones_like(p)
     engine = Engine(model, batch_dim=0)
     losses = PER_SAMPLE.losses(arch.outputs(model, inputs))
-    weights = torch.randn(
-        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(4)
-    )
+    weights = draw(losses.shape, generator=seeded(4), dtype=losses.dtype)
     engine.compute_gramian(losses)
     expected = [g + 1 for g in reference_weighted_gradient(losses, weights, params)]
 
@@ -115,9 +112,7 @@ def test_a_later_gramian_without_the_graph_kept_matches_reference(
     engine.clear()
     losses = setting.losses(arch.outputs(model, inputs))
     params = trainable_parameters(model)
-    weights = torch.rand(
-        losses.shape, dtype=losses.dtype, generator=torch.Generator().manual_seed(3)
-    )
+    weights = draw_uniform(losses.shape, generator=seeded(3), dtype=losses.dtype)
     expected_gramian = reference_gramian(losses, params)
     expected = reference_weighted_gradient(losses, weights, params)
     gramian = engine.compute_gramian(losses, retain_graph=False)

@@ -6,6 +6,7 @@ from torch import nn
 
 from jdopt.aggregation import UPGrad
 from jdopt.autojac import backward
+from tests.utils.device import draw, seeded
 from tests.utils.reference import Recorder, jacobian_by_rows
 
 
@@ -15,7 +16,7 @@ def _model() -> nn.Module:
 
 
 def _losses(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = draw(5, 3, generator=seeded(1), dtype=torch.float64)
     out = model(x)  # [5, 6]
     flat = (out**2).mean(dim=0)  # [6]
     return flat.reshape(shape)

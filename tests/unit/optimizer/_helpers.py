@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from jdopt import JDOptimizer
+from tests.utils.device import draw
 
 
 def mlp(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -19,15 +20,15 @@ def mlp(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
 def sample_losses(model: nn.Module, step: int) -> torch.Tensor:
     """One float64 loss per sample, ``[8]``, on the batch of ``step``."""
     g = torch.Generator().manual_seed(100 + step)
-    x = torch.randn(8, 4, generator=g, dtype=torch.float64)
-    y = torch.randn(8, 2, generator=g).double()
+    x = draw(8, 4, generator=g, dtype=torch.float64)
+    y = draw(8, 2, generator=g).double()
     return ((model(x) - y) ** 2).mean(dim=1)
 
 
 def float_losses(model: nn.Module) -> torch.Tensor:
     """One loss per sample, ``[6]``, in the model's precision (float32), on a fixed batch."""
     g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 2, generator=g)
+    x, y = draw(6, 4, generator=g), draw(6, 2, generator=g)
     return ((model(x) - y) ** 2).mean(dim=1)
 
 
@@ -56,8 +57,8 @@ def conv_losses(model: nn.Module, step: int, shape: str) -> torch.Tensor:
     """Losses of :func:`conv_model` on the batch of ``step``: ``"[B]"`` one per sample,
     ``"[B, k]"`` one per sample and output, ``"[k]"`` one per output."""
     g = torch.Generator().manual_seed(step)
-    x = torch.randn(6, 2, 5, generator=g, dtype=torch.float64)
-    y = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    x = draw(6, 2, 5, generator=g, dtype=torch.float64)
+    y = draw(6, 3, generator=g, dtype=torch.float64)
     errors = (model(x) - y) ** 2  # [6, 3]
     if shape == "[B]":
         return errors.mean(dim=1)

@@ -13,6 +13,7 @@ from torch import nn
 
 import jdopt.aggregation as agg
 from jdopt import JDOptimizer
+from tests.utils.device import draw, seeded
 
 from ._helpers import flat_params
 
@@ -50,7 +51,7 @@ class _Custom(nn.Module):
 
 
 def _batch(step: int) -> torch.Tensor:
-    return torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+    return draw(7, 4, generator=seeded(step), dtype=torch.float64)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,7 @@ def test_multi_task_features_that_overlap_take_the_full_jacobian(case: str) -> N
         head = nn.Linear(6, 3).double()
         params = [*trunk.parameters(), *head.parameters()]
         jd = JDOptimizer(torch.optim.SGD(params, lr=0.1), model=trunk if model else None)
-        x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        x = draw(5, 4, generator=seeded(1), dtype=torch.float64)
         h = trunk(x)
         first, rest = h.split([2, 4], dim=1)
         features = {
