@@ -9,9 +9,10 @@ Subpackages:
     autojac: ``backward`` and ``mtl_backward`` through the full Jacobian.
     autogram: the Gramian engine, without per-sample Jacobians.
     distributed: exact Jacobian descent over the global batch under ``torch.distributed``.
+    scalarization: loss scalarizers (weights from the losses alone, at a plain step's cost).
 """
 
-from . import aggregation, autogram, autojac, distributed
+from . import aggregation, autogram, autojac, distributed, scalarization
 from ._diagnostics import StepInfo
 from ._optimizer import JDOptimizer
 
@@ -25,4 +26,5 @@ __all__ = [
     "autogram",
     "autojac",
     "distributed",
+    "scalarization",
 ]

@@ -44,10 +44,12 @@ def check_arguments(
             "`optimizer` should not need a closure to step: LBFGS re-evaluates the loss inside "
             "step(), which Jacobian descent cannot. Use a first-order optimizer (SGD, Adam, …)."
         )
-    if aggregator is not None and not isinstance(aggregator, (Aggregator, Weighting)):
+    from .scalarization import Scalarizer
+
+    if aggregator is not None and not isinstance(aggregator, (Aggregator, Weighting, Scalarizer)):
         raise TypeError(
-            "`aggregator` should be a jdopt.aggregation.Aggregator or Weighting (e.g. UPGrad()). "
-            f"Found {type(aggregator).__name__}."
+            "`aggregator` should be a jdopt.aggregation.Aggregator or Weighting (e.g. UPGrad()), "
+            f"or a jdopt.scalarization.Scalarizer. Found {type(aggregator).__name__}."
         )
     if engine not in ENGINES:
         raise ValueError(f"`engine` should be one of {ENGINES}. Found engine={engine!r}.")

@@ -18,18 +18,21 @@ class StepInfo:
 
     Attributes:
         engine: the backend that took the step: ``"autogram"`` or ``"autojac"``, and for
-            multi-task steps (``features=``) ``"autogram-mtl"`` or ``"autojac-mtl"``.
+            multi-task steps (``features=``) ``"autogram-mtl"`` or ``"autojac-mtl"``;
+            ``"losses"`` for a scalarizer (one ordinary backward pass).
         weights: the weights given to the losses, in the losses' shape (of every process's
             losses under DDP); ``None`` for aggregators that are not weighted (ConFIG,
             GradDrop, TrimmedMean) and for skipped steps.
-        gramian: ``[m, m]`` inner products of the gradients of the (flattened) losses.
+        gramian: ``[m, m]`` inner products of the gradients of the (flattened) losses;
+            ``None`` for a scalarizer, which computes no gradient of a single loss (so neither
+            are the diagnostics derived from it).
         skipped: whether the Jacobian had inf/NaN entries (with a GradScaler: the scaler
             skips the step and lowers its scale).
     """
 
     engine: str
     weights: Tensor | None
-    gramian: Tensor
+    gramian: Tensor | None
     skipped: bool = False
 
     @cached_property

@@ -23,6 +23,7 @@ from ._delegate import DelegatingOptimizer
 from ._diagnostics import StepInfo, step_info
 from ._linalg import no_autocast
 from ._losses import check_chunk_size
+from ._scalarized import check_scalarizer, is_scalarizer, join_optimizer, scalarized_step
 from ._step import (
     Decision,
     EngineSlot,
@@ -125,7 +126,11 @@ class JDOptimizer(DelegatingOptimizer):
         if isinstance(aggregator, Weighting):
             aggregator = GramianWeightedAggregator(aggregator)
         self.aggregator = aggregator
-        self.engine = choose_engine(engine, aggregator, model)
+        scalarized = is_scalarizer(aggregator)
+        if scalarized:
+            check_scalarizer(aggregator, engine, global_step(model))
+            join_optimizer(aggregator, optimizer)
+        self.engine = "losses" if scalarized else choose_engine(engine, aggregator, model)
         self.model = model
         self.batch_dim = batch_dim
         self.scaler = scaler
@@ -204,6 +209,11 @@ class JDOptimizer(DelegatingOptimizer):
             )
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         step = prepare(losses, features, params)
+        if self.engine == "losses":
+            scaler = self.scaler
+            info = scalarized_step(self.aggregator, step, scale_of(scaler), scaling(scaler))
+            self.last_step = info
+            return
         # The batched passes would leave an unusable .grad on losses or features that called
         # retain_grad(): they keep theirs.
         kept = [*(step.tasks or [step.losses]), *(step.features or [])]
