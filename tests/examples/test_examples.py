@@ -6,6 +6,7 @@ import math
 import runpy
 from pathlib import Path
 
+import pytest
 import torch
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -81,3 +82,17 @@ def test_ddp_iwrm_places_each_process_on_its_local_gpu_or_all_on_the_cpu() -> No
     assert placement(3, 4, gpus=8) == ("nccl", torch.device("cuda", 3))
     assert placement(1, 2, gpus=1) == ("gloo", torch.device("cpu"))
     assert placement(0, 1, gpus=0) == ("gloo", torch.device("cpu"))
+
+
+def test_compare_methods(tmp_path: Path) -> None:
+    plot = tmp_path / "compare.png"
+    results = _main("compare_methods.py")(["--steps", "3", "--plot", str(plot)])
+    assert len(results) >= 12
+    assert {"UPGrad", "MGDA", "UW", "FAMO"} <= set(results)
+    for final, seconds in results.values():
+        assert len(final) == 2 and all(math.isfinite(v) for v in final) and seconds > 0
+    # Every method starts from the same model and batches: the methods differ, not the runs.
+    # Sum and JD's Mean differ by a factor on the trunk's gradient, which Adam removes.
+    assert results["Sum"][0] == pytest.approx(results["Mean (JD)"][0], rel=1e-4)
+    assert results["UPGrad"][0] != results["MGDA"][0]
+    assert plot.stat().st_size > 0
