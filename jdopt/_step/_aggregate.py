@@ -54,6 +54,9 @@ def decide_checked(
     bad inputs is theirs).
     """
     decision, failure = None, None
+    if isinstance(aggregator, GramianWeightedAggregator) and aggregator.weighting.uses_losses:
+        values = losses.detach().reshape(-1)
+        aggregator.weighting.observe_losses(values / scale if scale != 1.0 else values)
     try:
         decision = decide(aggregator, found, gramian, unscaled, scale)
     except Exception as error:

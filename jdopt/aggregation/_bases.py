@@ -42,6 +42,12 @@ class Weighting(ConstructorRepr, ABC):
 
     accepts_no_objectives: ClassVar[bool] = False
     differentiable: ClassVar[bool] = True
+    uses_losses: ClassVar[bool] = False
+
+    def observe_losses(self, losses: Tensor, /) -> None:
+        """Takes the values of the objectives ``[m]`` for the next call, for a weighting
+        whose weights also depend on them (``uses_losses``, as GradNorm's do; JDOptimizer
+        calls it with each step's unscaled losses). Nothing for the others."""
 
     @abstractmethod
     def forward(self, gramian: Tensor, /) -> Tensor:
