@@ -33,14 +33,19 @@ from ._bases import (
 from ._cagrad import CAGrad, CAGradWeighting
 from ._config import ConFIG
 from ._constant import Constant, ConstantWeighting
+from ._cr_mogm import CRMOGMWeighting
 from ._dual_cone import SolverOptions
 from ._dualproj import DualProj, DualProjWeighting
+from ._fairgrad import FairGrad, FairGradWeighting
 from ._graddrop import GradDrop
+from ._gradnorm import GradNorm, GradNormWeighting
 from ._imtlg import IMTLG, IMTLGWeighting
 from ._krum import Krum, KrumWeighting
 from ._mean import Mean, MeanWeighting
 from ._mgda import MGDA, MGDAWeighting
+from ._moco import MoCo
 from ._nash_mtl import NashMTL
+from ._pcd import PCD, PCDWeighting
 from ._pcgrad import PCGrad, PCGradWeighting
 from ._random import Random, RandomWeighting
 from ._sum import Sum, SumWeighting
@@ -50,19 +55,25 @@ from ._upgrad import UPGrad, UPGradWeighting
 __all__ = [
     "IMTLG",
     "MGDA",
+    "PCD",
     "Aggregator",
     "AlignedMTL",
     "AlignedMTLWeighting",
     "CAGrad",
     "CAGradWeighting",
+    "CRMOGMWeighting",
     "ConFIG",
     "Constant",
     "ConstantWeighting",
     "DualProj",
     "DualProjWeighting",
+    "FairGrad",
+    "FairGradWeighting",
     "Flattening",
     "GeneralizedWeighting",
     "GradDrop",
+    "GradNorm",
+    "GradNormWeighting",
     "GramianWeightedAggregator",
     "IMTLGWeighting",
     "Krum",
@@ -70,7 +81,9 @@ __all__ = [
     "MGDAWeighting",
     "Mean",
     "MeanWeighting",
+    "MoCo",
     "NashMTL",
+    "PCDWeighting",
     "PCGrad",
     "PCGradWeighting",
     "Random",

@@ -32,7 +32,8 @@ class GradNormWeighting(Weighting):
     Properties: stateful (``w``, ``L(0)`` and the pending losses are in ``state_dict``;
     :meth:`reset` forgets them), deterministic, not non-conflicting, not linear under scaling,
     not differentiable (the weights are state). JDOptimizer gives it each step's unscaled
-    losses; alone, call :meth:`observe_losses` before each call.
+    losses; alone, call :meth:`observe_losses` before each call (without losses, every task
+    counts as training at the same rate: the weighted norms are balanced, as with ``α = 0``).
 
     Args:
         alpha: the asymmetry ``α ≥ 0`` (the paper's 1.5; 0 balances the norms equally).
@@ -54,13 +55,13 @@ class GradNormWeighting(Weighting):
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
-        if self._losses is None or self._losses.shape[0] != m:
-            found = "none" if self._losses is None else f"{self._losses.shape[0]} losses"
+        if self._losses is not None and self._losses.shape[0] != m:
             raise ValueError(
-                f"GradNorm needs the {m} losses of the step before its weights (found {found}): "
-                "call `observe_losses(losses)` first (JDOptimizer does it for you)."
+                f"GradNorm observed {self._losses.shape[0]} losses for a Gramian of {m} "
+                "objectives. Give `observe_losses` one loss per objective."
             )
-        losses = self._losses.to(gramian)
+        # Without observed losses, every task counts as training at the same rate.
+        losses = torch.ones_like(gramian[0]) if self._losses is None else self._losses.to(gramian)
         if self._weights is None or self._weights.shape[0] != m:
             self._weights, self._initial = torch.ones_like(losses), losses.clone()
         # Keep the first finite loss of each task as its L(0).

@@ -108,7 +108,7 @@ def project_onto_simplex(vector: Tensor) -> Tensor:
     ordered = vector.sort(descending=True).values
     partial = ordered.cumsum(0) - 1
     ranks = torch.arange(1, m + 1, dtype=vector.dtype, device=vector.device)
-    support = ordered - partial / ranks > 0  # true on a prefix
-    count = support.sum()
+    support = ordered - partial / ranks > 0  # true on a prefix (the first entry, exactly)
+    count = support.sum().clamp_min(1)  # which rounding may lose at huge magnitudes
     threshold = partial.gather(0, (count - 1).unsqueeze(0)) / count
     return (vector - threshold).clamp_min(0)

@@ -136,4 +136,44 @@ METHODS = [
         True,
         short_name="TM1",
     ),
+    Method(
+        "FairGrad",
+        lambda m: agg.FairGrad(alpha=2.0),
+        lambda m: agg.FairGradWeighting(alpha=2.0),
+        "independent_rows",
+        False,
+        True,
+        short_name="2.0-FairGrad",
+        differentiable=False,
+    ),
+    Method(
+        "PCD",
+        lambda m: agg.PCD(tau=0.3),
+        lambda m: agg.PCDWeighting(tau=0.3),
+        short_name="PCD",
+        differentiable=False,
+    ),
+    Method(
+        "CRMOGM",
+        lambda m: agg.GramianWeightedAggregator(agg.CRMOGMWeighting(agg.MGDAWeighting())),
+        lambda m: agg.CRMOGMWeighting(agg.MGDAWeighting()),
+        deterministic=False,  # the same Jacobian twice: the second call mixes in the first's
+        short_name="GramianWeightedAggregator",  # TorchJD has no CRMOGM aggregator
+    ),
+    Method(
+        "MoCo",
+        lambda m: agg.MoCo(),
+        None,
+        permutation_invariant=True,
+        deterministic=False,  # stateful: a second call moves its tracked Jacobian and weights
+        differentiable=False,
+    ),
+    Method(
+        "GradNorm",
+        lambda m: agg.GradNorm(),
+        lambda m: agg.GradNormWeighting(),
+        permutation_invariant=True,
+        deterministic=False,  # stateful: each call steps its weights
+        differentiable=False,
+    ),
 ]

@@ -54,9 +54,16 @@ def test_alpha_zero_balances_the_weighted_norms() -> None:
     assert float(weights.sum()) == pytest.approx(2.0, rel=1e-12)
 
 
-def test_it_needs_the_losses_first() -> None:
-    with pytest.raises(ValueError, match="observe_losses"):
-        GradNormWeighting()(_tensor([[1.0]]))
+def test_without_losses_every_task_trains_at_the_same_rate() -> None:
+    """No observed losses: r = (1, 1), whatever α: the step of α = 0 with equal losses."""
+    gramian = _tensor([[4.0, 0.0], [0.0, 1.0]])
+    alone, reference = GradNormWeighting(alpha=3.0), GradNormWeighting(alpha=0.0)
+    for _ in range(3):
+        reference.observe_losses(_tensor([2.0, 5.0]))
+        assert torch.equal(alone(gramian), reference(gramian))
+    with pytest.raises(ValueError, match="one loss per objective"):
+        alone.observe_losses(_tensor([1.0, 2.0, 3.0]))
+        alone(gramian)
 
 
 def test_resume_and_reset() -> None:
