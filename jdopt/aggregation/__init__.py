@@ -39,6 +39,7 @@ from ._dualproj import DualProj, DualProjWeighting
 from ._fairgrad import FairGrad, FairGradWeighting
 from ._graddrop import GradDrop
 from ._gradnorm import GradNorm, GradNormWeighting
+from ._gradvac import GradVac, GradVacWeighting
 from ._imtlg import IMTLG, IMTLGWeighting
 from ._krum import Krum, KrumWeighting
 from ._mean import Mean, MeanWeighting
@@ -74,6 +75,8 @@ __all__ = [
     "GradDrop",
     "GradNorm",
     "GradNormWeighting",
+    "GradVac",
+    "GradVacWeighting",
     "GramianWeightedAggregator",
     "IMTLGWeighting",
     "Krum",

@@ -169,6 +169,13 @@ METHODS = [
         differentiable=False,
     ),
     Method(
+        "GradVac",
+        lambda m: agg.GradVac(generator=_seeded()),
+        lambda m: agg.GradVacWeighting(generator=_seeded()),
+        deterministic=False,  # random orders, and stateful
+        differentiable=False,
+    ),
+    Method(
         "GradNorm",
         lambda m: agg.GradNorm(),
         lambda m: agg.GradNormWeighting(),
