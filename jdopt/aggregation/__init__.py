@@ -36,6 +36,7 @@ from ._constant import Constant, ConstantWeighting
 from ._cr_mogm import CRMOGMWeighting
 from ._dual_cone import SolverOptions
 from ._dualproj import DualProj, DualProjWeighting
+from ._excess_mtl import ExcessMTL
 from ._fairgrad import FairGrad, FairGradWeighting
 from ._graddrop import GradDrop
 from ._gradnorm import GradNorm, GradNormWeighting
@@ -68,6 +69,7 @@ __all__ = [
     "ConstantWeighting",
     "DualProj",
     "DualProjWeighting",
+    "ExcessMTL",
     "FairGrad",
     "FairGradWeighting",
     "Flattening",

@@ -169,6 +169,14 @@ METHODS = [
         differentiable=False,
     ),
     Method(
+        "ExcessMTL",
+        lambda m: agg.ExcessMTL(),
+        None,
+        permutation_invariant=True,
+        deterministic=False,  # stateful: each call moves its weights
+        differentiable=False,
+    ),
+    Method(
         "GradVac",
         lambda m: agg.GradVac(generator=_seeded()),
         lambda m: agg.GradVacWeighting(generator=_seeded()),
