@@ -34,6 +34,7 @@ from ._cagrad import CAGrad, CAGradWeighting
 from ._config import ConFIG
 from ._constant import Constant, ConstantWeighting
 from ._cr_mogm import CRMOGMWeighting
+from ._cross_batch import CrossBatchWeighting, MoDoWeighting, SDMGradWeighting
 from ._dual_cone import SolverOptions
 from ._dualproj import DualProj, DualProjWeighting
 from ._excess_mtl import ExcessMTL
@@ -67,6 +68,7 @@ __all__ = [
     "ConFIG",
     "Constant",
     "ConstantWeighting",
+    "CrossBatchWeighting",
     "DualProj",
     "DualProjWeighting",
     "ExcessMTL",
@@ -87,12 +89,14 @@ __all__ = [
     "Mean",
     "MeanWeighting",
     "MoCo",
+    "MoDoWeighting",
     "NashMTL",
     "PCDWeighting",
     "PCGrad",
     "PCGradWeighting",
     "Random",
     "RandomWeighting",
+    "SDMGradWeighting",
     "SolverOptions",
     "Sum",
     "SumWeighting",

@@ -38,6 +38,14 @@ def _seeded() -> torch.Generator:
     return seeded(0)
 
 
+def _cross_batch(m: int, wrap: type | None = None) -> nn.Module | None:
+    """MoDo on two stacked batches of m / 2 objectives (none for an odd m)."""
+    if m % 2:
+        return None
+    weighting = agg.CrossBatchWeighting(agg.MoDoWeighting(), batches=2)
+    return weighting if wrap is None else wrap(weighting)
+
+
 def _krum(m: int, cls: type) -> nn.Module | None:
     return cls(n_byzantine=1, n_selected=2) if m >= 4 else None
 
@@ -166,6 +174,32 @@ METHODS = [
         None,
         permutation_invariant=True,
         deterministic=False,  # stateful: a second call moves its tracked Jacobian and weights
+        differentiable=False,
+    ),
+    Method(
+        "MoDo",
+        lambda m: agg.GramianWeightedAggregator(agg.MoDoWeighting()),
+        lambda m: agg.MoDoWeighting(),
+        permutation_invariant=True,
+        deterministic=False,  # stateful: each call steps its weights
+        short_name="GramianWeightedAggregator",  # TorchJD has no MoDo aggregator
+        differentiable=False,
+    ),
+    Method(
+        "SDMGrad",
+        lambda m: agg.GramianWeightedAggregator(agg.SDMGradWeighting()),
+        lambda m: agg.SDMGradWeighting(),
+        permutation_invariant=True,
+        deterministic=False,
+        short_name="GramianWeightedAggregator",
+        differentiable=False,
+    ),
+    Method(
+        "CrossBatch",
+        lambda m: _cross_batch(m, agg.GramianWeightedAggregator),
+        lambda m: _cross_batch(m),
+        deterministic=False,
+        short_name="GramianWeightedAggregator",
         differentiable=False,
     ),
     Method(
