@@ -33,7 +33,7 @@ TASKS = 2
 
 
 def methods() -> dict[str, Callable[[], object]]:
-    """A dozen methods, each built fresh for its run."""
+    """Seventeen methods, each built fresh for its run."""
     return {
         "UPGrad": agg.UPGrad,
         "MGDA": agg.MGDA,
@@ -42,6 +42,9 @@ def methods() -> dict[str, Callable[[], object]]:
         "PCGrad": agg.PCGrad,
         "IMTL-G": agg.IMTLG,
         "Aligned-MTL": agg.AlignedMTL,
+        "FairGrad": lambda: agg.FairGrad(alpha=1.0),
+        "GradVac": lambda: agg.GradVac(generator=torch.Generator().manual_seed(0)),
+        "GradNorm": agg.GradNorm,
         "Mean (JD)": agg.Mean,
         "Sum": sc.Sum,
         "RLW": lambda: sc.Random(generator=torch.Generator().manual_seed(0)),
