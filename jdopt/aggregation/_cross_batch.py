@@ -14,7 +14,23 @@ from ._moco import project_onto_simplex
 from ._pref import check_pref_vector
 
 
-class MoDoWeighting(Weighting):
+class _Stateful(Weighting):
+    """A weighting whose only state is its last weights (``None`` before the first call)."""
+
+    differentiable = False
+
+    def reset(self) -> None:
+        """Forgets the last weights."""
+        self._weights: Tensor | None = None
+
+    def get_extra_state(self) -> Any:
+        return self._weights
+
+    def set_extra_state(self, state: Any) -> None:
+        self._weights = state
+
+
+class MoDoWeighting(_Stateful):
     """MoDo's weights, from ``A = J₁ J₂ᵀ``: the Jacobians of two independent mini-batches.
 
     One projected step per call: ``λ ← Π_simplex(λ − γ (A λ + ρ λ))`` from ``λ = 1/m``;
@@ -34,8 +50,6 @@ class MoDoWeighting(Weighting):
         rho: the ridge ``ρ ≥ 0``.
     """
 
-    differentiable = False
-
     def __init__(self, gamma: float = 0.1, rho: float = 0.1) -> None:
         super().__init__()
         check_nonnegative(gamma, "gamma", strict=True)
@@ -49,18 +63,8 @@ class MoDoWeighting(Weighting):
         self._weights = project_onto_simplex(step)
         return self._weights
 
-    def reset(self) -> None:
-        """Forgets ``λ``."""
-        self._weights: Tensor | None = None
 
-    def get_extra_state(self) -> Any:
-        return self._weights
-
-    def set_extra_state(self, state: Any) -> None:
-        self._weights = state
-
-
-class SDMGradWeighting(Weighting):
+class SDMGradWeighting(_Stateful):
     """SDMGrad's weights, from ``A = J₁ J₂ᵀ`` (two independent mini-batches).
 
     ``A`` is scaled by the squared mean of ``√diag(A)``; then ``n_iter`` steps of projected SGD
@@ -84,8 +88,6 @@ class SDMGradWeighting(Weighting):
         lambda_: the pull ``λ ≥ 0`` towards the preference.
         pref_vector: the preference ``w̃`` ``[m]``; ``None``: ``1/m``.
     """
-
-    differentiable = False
 
     def __init__(
         self,
@@ -119,16 +121,6 @@ class SDMGradWeighting(Weighting):
             weights = project_onto_simplex(weights - self.lr * velocity)
         self._weights = weights
         return (weights + self.lambda_ * preference) / (1 + self.lambda_)
-
-    def reset(self) -> None:
-        """Forgets ``w``."""
-        self._weights: Tensor | None = None
-
-    def get_extra_state(self) -> Any:
-        return self._weights
-
-    def set_extra_state(self, state: Any) -> None:
-        self._weights = state
 
 
 class CrossBatchWeighting(Weighting):

@@ -10,7 +10,21 @@ from torch import Tensor
 from ._base import Scalarizer, buffer, check_positive, check_same_shape
 
 
-class STCH(Scalarizer):
+class _Referenced(Scalarizer):
+    """A scalarizer of the gaps to a reference point, along preference ``weights``."""
+
+    def _register(self, weights: Tensor | None, reference: Tensor | None) -> None:
+        self.register_buffer("weights", buffer(weights))
+        self.register_buffer("reference", buffer(reference))
+
+    def _gaps(self, values: Tensor) -> Tensor:
+        """``values − reference`` (``values`` without one), after checking the shapes."""
+        check_same_shape(self.weights, values, "weights")
+        check_same_shape(self.reference, values, "reference")
+        return values if self.reference is None else values - self.reference.to(values)
+
+
+class STCH(_Referenced):
     """Smooth Tchebycheff: ``μ log Σᵢ exp(λᵢ (fᵢ − zᵢ) / μ)``, a smooth upper bound of
     ``max_i λᵢ (fᵢ − zᵢ)`` that is within ``μ log m`` of it.
 
@@ -28,13 +42,10 @@ class STCH(Scalarizer):
     ) -> None:
         super().__init__()
         self.mu = check_positive(mu, "mu", strict=True)
-        self.register_buffer("weights", buffer(weights))
-        self.register_buffer("reference", buffer(reference))
+        self._register(weights, reference)
 
     def forward(self, values: Tensor, /) -> Tensor:
-        check_same_shape(self.weights, values, "weights")
-        check_same_shape(self.reference, values, "reference")
-        shifted = values if self.reference is None else values - self.reference.to(values)
+        shifted = self._gaps(values)
         weights = 1 / values.numel() if self.weights is None else self.weights.to(values)
         return self.mu * torch.logsumexp((weights * shifted).flatten() / self.mu, dim=0)
 
@@ -42,7 +53,7 @@ class STCH(Scalarizer):
         return {"mu": self.mu, "weights": self.weights, "reference": self.reference}
 
 
-class PBI(Scalarizer):
+class PBI(_Referenced):
     """Penalty-based boundary intersection: ``d₁ + θ d₂``, where ``d₁ = (L − z)ᵀŵ`` is the
     distance along the preference direction ``ŵ = w / ‖w‖`` and ``d₂ = ‖L − z − d₁ŵ‖`` the
     distance to it (``√(· + 1e-12)``, differentiable at 0).
@@ -61,14 +72,10 @@ class PBI(Scalarizer):
         self.theta = check_positive(theta, "theta", strict=False)
         if not isinstance(weights, Tensor) or not bool(weights.ne(0).any()):
             raise ValueError("`weights` should be a tensor with a nonzero entry (a direction).")
-        self.register_buffer("weights", buffer(weights))
-        self.register_buffer("reference", buffer(reference))
+        self._register(weights, reference)
 
     def forward(self, values: Tensor, /) -> Tensor:
-        check_same_shape(self.weights, values, "weights")
-        check_same_shape(self.reference, values, "reference")
-        shifted = values if self.reference is None else values - self.reference.to(values)
-        shifted = shifted.flatten()
+        shifted = self._gaps(values).flatten()
         direction = self.weights.to(values).flatten()
         direction = direction / direction.norm()
         along = shifted @ direction
