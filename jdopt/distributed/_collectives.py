@@ -23,6 +23,7 @@ def bytes_sent() -> int:
 
 
 def reset_bytes_sent() -> None:
+    """Sets the count of :func:`bytes_sent` back to 0 (e.g. before measuring one step)."""
     _sent[0] = 0
 
 
@@ -32,14 +33,18 @@ def count_sent(tensor: Tensor) -> None:
 
 
 def is_distributed() -> bool:
+    """Whether a ``torch.distributed`` process group of more than one process is running (the
+    steps are then exact Jacobian descent over the global batch)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
+    """The number of processes (1 outside ``torch.distributed``)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def rank() -> int:
+    """This process's rank (0 outside ``torch.distributed``)."""
     return dist.get_rank() if is_distributed() else 0
 
 

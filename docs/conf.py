@@ -1,0 +1,27 @@
+"""Sphinx configuration of jdopt's documentation site (``pip install -e ".[docs]"``, then
+``sphinx-build -W -b html docs docs/_build/html``)."""
+
+from __future__ import annotations
+
+import jdopt
+
+project = "jdopt"
+author = "The jdopt developers"
+copyright = "2026, The jdopt developers"
+release = version = jdopt.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
+autosummary_generate = True
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+exclude_patterns = ["_build"]
+html_theme = "furo"
+html_title = f"jdopt {release}"
