@@ -10,7 +10,7 @@ from torch.optim import Optimizer
 
 from ._diagnostics import StepInfo
 from ._losses import check_finite_losses
-from ._step import Step
+from ._step import Step, skip
 from .scalarization import Scalarizer
 
 
@@ -42,10 +42,14 @@ def join_optimizer(scalarizer: Scalarizer, optimizer: Optimizer) -> None:
 def scalarized_step(scalarizer: Scalarizer, step: Step, scale: float, scaling: bool) -> StepInfo:
     """``scale · scalarizer(losses / scale)``'s backward pass (the scalarizer sees the losses
     unscaled, the gradients keep the GradScaler's scale). Non-finite losses raise before
-    anything changes, except under an enabled GradScaler, which skips the step."""
+    anything changes, except under an enabled GradScaler, which skips the step (NaN
+    gradients) without calling the scalarizer, whose state is left alone."""
     losses = step.losses
-    if not scaling and not bool(torch.isfinite(losses).all()):
-        check_finite_losses(losses)
+    if not bool(torch.isfinite(losses).all()):
+        if not scaling:
+            check_finite_losses(losses)
+        skip(step.params)  # as a GradScaler skips an overflow, before the scalarizer's state
+        return StepInfo("losses", None, None, skipped=True)
     values = losses / scale if scale != 1.0 else losses
     loss = scalarizer(values)
     (loss * scale if scale != 1.0 else loss).backward()

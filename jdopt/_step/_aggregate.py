@@ -63,8 +63,9 @@ def decide_checked(
         failure = error
     weights = None if decision is None else decision[0]
     flags = [torch.isfinite(gramian).all()]
-    flags.append(torch.isfinite(losses).all() if not scaling else flags[0])
-    flags.append(torch.isfinite(weights).all() if weights is not None else flags[0])
+    yes = torch.ones((), dtype=torch.bool, device=flags[0].device)
+    flags.append(torch.isfinite(losses).all().to(yes.device) if not scaling else yes)
+    flags.append(torch.isfinite(weights).all().to(yes.device) if weights is not None else yes)
     gramian_ok, losses_ok, weights_ok = torch.stack(flags).tolist()
     if not losses_ok:
         check_finite_losses(losses)
@@ -122,8 +123,10 @@ def decide(
 
 def weights_of(weighting: Weighting, gramian: Tensor, shape: torch.Size) -> Tensor:
     """The weighting's weights in the objectives' ``shape``; a ValueError unless it returned
-    one weight per objective (their finiteness is read with the step's other checks)."""
-    weights = weighting.weigh(gramian)
+    one weight per objective (their finiteness is read with the step's other checks). A
+    stateless weighting gets the Gramian unchecked (the step checks it after, in the same
+    read); the others check it first, so that a bad step leaves their state alone."""
+    weights = weighting.weigh(gramian) if weighting.stateless else weighting(gramian)
     if weights.numel() != shape.numel():
         found = f"weights of shape {tuple(weights.shape)}"
         raise ValueError(_bad_weights(type(weighting).__name__, found, shape.numel()))

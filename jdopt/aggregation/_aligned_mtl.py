@@ -29,6 +29,8 @@ class AlignedMTLWeighting(Weighting):
         scale_mode: ``"min"`` (default), ``"median"`` or ``"rmse"``.
     """
 
+    stateless = True
+
     def __init__(self, pref_vector: Tensor | None = None, scale_mode: str = "min") -> None:
         super().__init__()
         check_choice(scale_mode, "scale_mode", SCALE_MODES)

@@ -33,6 +33,10 @@ class Weighting(ConstructorRepr, ABC):
     Attributes:
         accepts_no_objectives: whether a Gramian with no objectives (``[0, 0]``) is valid
             input (giving weights ``[0]``). ``False`` unless a subclass sets it.
+        stateless: whether a call changes nothing (no state, no random draw), so that a
+            caller may call :meth:`weigh` on a Gramian it checks afterwards (JDOptimizer
+            does, reading the device once for all its checks). ``False`` unless a subclass
+            sets it: other weightings get a checked Gramian.
         differentiable: whether autograd differentiates the weights with respect to the
             Gramian exactly. Where it does not (the weights come from a solver outside
             autograd), a backward pass through them raises
@@ -43,6 +47,7 @@ class Weighting(ConstructorRepr, ABC):
     accepts_no_objectives: ClassVar[bool] = False
     differentiable: ClassVar[bool] = True
     uses_losses: ClassVar[bool] = False
+    stateless: ClassVar[bool] = False
 
     def observe_losses(self, losses: Tensor, /) -> None:
         """Takes the values of the objectives ``[m]`` for the next call, for a weighting

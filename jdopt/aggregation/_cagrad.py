@@ -45,6 +45,8 @@ class CAGradWeighting(Weighting):
             (in the trace-normalised Gramian) counts as zero and gives zero weights.
     """
 
+    stateless = True
+
     differentiable = False  # the inner problem is solved outside autograd
 
     def __init__(self, c: float, norm_eps: float = 1e-4) -> None:

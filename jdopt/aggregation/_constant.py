@@ -17,6 +17,8 @@ class ConstantWeighting(Weighting):
             weight the ``[0, 0]`` Gramian of no objectives (as in TorchJD).
     """
 
+    stateless = True
+
     accepts_no_objectives = True
 
     def __init__(self, weights: Tensor) -> None:

@@ -99,7 +99,9 @@ class CRMOGMWeighting(Weighting):
         return previous.to(dtype=current.dtype, device=current.device)
 
     def get_extra_state(self) -> Any:
-        return {"weights": self._weights}
+        weights = self._weights
+        return {"weights": None if weights is None else weights.clone()}
 
     def set_extra_state(self, state: Any) -> None:
-        self._weights = state["weights"]
+        weights = state["weights"]
+        self._weights = None if weights is None else weights.detach().clone()

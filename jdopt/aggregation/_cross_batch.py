@@ -24,10 +24,10 @@ class _Stateful(Weighting):
         self._weights: Tensor | None = None
 
     def get_extra_state(self) -> Any:
-        return self._weights
+        return None if self._weights is None else self._weights.clone()
 
     def set_extra_state(self, state: Any) -> None:
-        self._weights = state
+        self._weights = None if state is None else state.detach().clone()
 
 
 class MoDoWeighting(_Stateful):

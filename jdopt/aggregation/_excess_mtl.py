@@ -106,8 +106,13 @@ class _ExcessMTLWeighting(nn.Module):
 
     def get_extra_state(self) -> Any:
         names = ("_squares", "_warmup", "_weights", "_baseline", "_calls")
-        return {name: getattr(self, name) for name in names}
+        return {name: _copy(getattr(self, name)) for name in names}
 
     def set_extra_state(self, state: Any) -> None:
         for name, value in state.items():
-            setattr(self, name, value)
+            setattr(self, name, _copy(value))
+
+
+def _copy(value: Any) -> Any:
+    """Tensors copied: a saved or loaded state never shares memory with the running one."""
+    return value.detach().clone() if isinstance(value, Tensor) else value

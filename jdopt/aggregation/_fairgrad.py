@@ -61,6 +61,8 @@ class FairGradWeighting(Weighting):
             Newton needs about 5–15 on full-rank Gramians, up to ~40 on singular ones.
     """
 
+    stateless = True
+
     differentiable = False  # Newton's method runs outside autograd
 
     def __init__(self, alpha: float, max_iters: int | None = None) -> None:

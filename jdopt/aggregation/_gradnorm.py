@@ -92,8 +92,10 @@ class GradNormWeighting(Weighting):
         return {"weights": self._weights, "initial": self._initial, "losses": self._losses}
 
     def set_extra_state(self, state: Any) -> None:
-        self._weights, self._initial = state["weights"], state["initial"]
-        self._losses = state["losses"]
+        # Copies: a loaded state never shares memory with the running one.
+        copies = {k: None if v is None else v.detach().clone() for k, v in state.items()}
+        self._weights, self._initial = copies["weights"], copies["initial"]
+        self._losses = copies["losses"]
 
 
 class GradNorm(GramianWeightedAggregator):

@@ -87,7 +87,7 @@ class GradVacWeighting(GeneratorMixin, Weighting):
     def set_extra_state(self, state: Any) -> None:
         super().set_extra_state(state["generator"])
         targets = state["targets"]
-        self._targets = None if targets is None else targets.to("cpu", torch.float64).numpy()
+        self._targets = None if targets is None else targets.to("cpu", torch.float64).numpy().copy()
 
 
 class GradVac(GramianWeightedAggregator):

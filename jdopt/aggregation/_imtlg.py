@@ -20,6 +20,8 @@ class IMTLGWeighting(Weighting):
     linear under scaling.
     """
 
+    stateless = True
+
     def forward(self, gramian: Tensor, /) -> Tensor:
         g = gramian.to(torch.float64)
         # √0 has an infinite derivative: a zero row gets the zero one, as vector_norm gives.

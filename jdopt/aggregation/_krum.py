@@ -26,6 +26,8 @@ class KrumWeighting(Weighting):
         n_selected: how many rows to average (default ``1``: Krum; more: Multi-Krum).
     """
 
+    stateless = True
+
     def __init__(self, n_byzantine: int, n_selected: int = 1) -> None:
         super().__init__()
         check_int(n_byzantine, "n_byzantine", minimum=0)

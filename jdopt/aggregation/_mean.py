@@ -11,6 +11,8 @@ class MeanWeighting(Weighting):
     Properties: linear under scaling, weighted, deterministic; not non-conflicting.
     """
 
+    stateless = True
+
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
         return gramian.new_full((m,), 1.0 / m)

@@ -35,6 +35,8 @@ class MGDAWeighting(Weighting):
             ``RuntimeWarning`` is raised if it is reached.
     """
 
+    stateless = True
+
     def __init__(self, epsilon: float = 1e-9, max_iters: int = 1000) -> None:
         super().__init__()
         check_nonnegative(epsilon, "epsilon", strict=True)

@@ -19,6 +19,8 @@ class ProjectionWeighting(Weighting):
     Not differentiable: the projections are solved outside autograd.
     """
 
+    stateless = True
+
     differentiable = False
 
     def __init__(

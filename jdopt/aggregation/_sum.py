@@ -11,6 +11,8 @@ class SumWeighting(Weighting):
     Properties: linear under scaling, weighted, deterministic; not non-conflicting.
     """
 
+    stateless = True
+
     def forward(self, gramian: Tensor, /) -> Tensor:
         return gramian.new_ones(gramian.shape[0])
 

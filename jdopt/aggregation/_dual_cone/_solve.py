@@ -43,7 +43,8 @@ def _attempts(
     forms, failure = Forms(scaled, options), None
     weights, rows = start, None  # rows: those still failing (None: all)
     for attempt in plan(scaled.facts, options):
-        bounds, begin = _take(preferences, rows), _take(weights, rows)
+        bounds = _take(preferences, rows)
+        begin = _start_of(_take(weights, rows), bounds)
         try:
             qp = forms.problem(attempt.form, bounds, diagonal and rows is None)
             x = _stages(attempt, qp, forms.start(attempt.form, begin, bounds), options)
@@ -66,6 +67,12 @@ def _attempts(
 def _take(values: Tensor | None, rows: Tensor | None) -> Tensor | None:
     """``values[rows]``, where ``None`` rows are all of them."""
     return values if values is None or rows is None else values[rows]
+
+
+def _start_of(weights: Tensor | None, bounds: Tensor) -> Tensor | None:
+    """The start of an attempt: the weights so far, where they are finite (a fixed-length
+    attempt leaves NaN rows where a reduced system was not definite), else the bounds."""
+    return None if weights is None else torch.where(weights.isfinite(), weights, bounds)
 
 
 def _stages(attempt: Attempt, qp: BoxQP, x: Tensor | None, options: Options) -> Tensor:

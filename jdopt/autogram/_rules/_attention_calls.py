@@ -185,11 +185,11 @@ def _at_the_bottom(mode: TorchFunctionMode) -> Iterator[None]:
         _push_mode(other)
     try:
         yield
-    finally:
-        above = [_pop_mode() for _ in range(_len_torch_function_stack() - 1)]
-        _pop_mode()  # `mode`
-        for other in reversed(above):
-            _push_mode(other)
+    finally:  # the stack without `mode`, found by identity
+        stack = [_pop_mode() for _ in range(_len_torch_function_stack())]
+        for other in reversed(stack):
+            if other is not mode:
+                _push_mode(other)
 
 
 def _relinked_attention(linear: Callable) -> Callable:

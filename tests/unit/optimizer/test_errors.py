@@ -3,6 +3,8 @@ raises a clear error before any parameter, gradient or optimizer state changes."
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -207,3 +209,40 @@ def test_a_methods_own_error_reaches_the_caller_on_good_input() -> None:
     with pytest.raises(RuntimeError, match="the method's own error"):
         jd.step(float_losses(model))
     assert_same(before, snapshot(model, jd))
+
+
+def test_an_enabled_scaler_skips_a_step_whose_scaled_losses_overflow() -> None:
+    """float32 losses of 1e35 scaled by 2¹⁶ are inf: the scaler skips the step (no error) and
+    lowers its scale; nothing changes."""
+    model = _model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), scaler=scaler)
+    before = snapshot(model, jd)
+    jd.backward(scaler.scale(float_losses(model) * 1e35))
+    assert jd.last_step.skipped
+    scaler.step(jd)
+    scaler.update()
+    assert scaler.get_scale() < 2.0**16
+    after = snapshot(model, jd)  # the gradients are NaN: that is how the scaler skips
+    assert all(torch.equal(x, y) for x, y in zip(before["params"], after["params"], strict=True))
+    assert repr(before["state"]) == repr(after["state"])
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["no scaler", "GradScaler"])
+def test_a_non_finite_jacobian_leaves_a_stateful_methods_state_alone(scaled: bool) -> None:
+    model = _model()
+    method = agg.PCD()
+    scaler = torch.amp.GradScaler("cpu") if scaled else None
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=method, scaler=scaler)
+    jd.step(float_losses(model))
+    state = copy.deepcopy(method.state_dict())
+    losses = nan_jacobian_losses(model)
+    if scaled:
+        jd.backward(scaler.scale(losses))
+        assert jd.last_step.skipped
+    else:
+        with pytest.raises(ValueError, match="Jacobian of the losses contains NaN"):
+            jd.step(losses)
+    after = method.state_dict()["weighting._extra_state"]
+    assert torch.equal(after["average"], state["weighting._extra_state"]["average"])
+    assert after["steps"] == state["weighting._extra_state"]["steps"]

@@ -102,3 +102,25 @@ def test_a_scalarizer_needs_no_engine() -> None:
     with pytest.raises(ValueError, match="needs neither engine"):
         JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=Mean(),
                     engine="autojac")  # fmt: skip
+
+
+def test_an_overflowing_step_under_a_grad_scaler_is_skipped_before_the_scalarizer() -> None:
+    """FAMO would learn NaN logits from inf losses, and every later step would be skipped: the
+    step is skipped (NaN gradients) without calling it."""
+    model = _model()
+    famo = FAMO(3).to(DEVICE, torch.float64)
+    scaler = torch.amp.GradScaler(DEVICE.type)
+    jd = JDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=famo, scaler=scaler)
+    for step in range(2):
+        jd.zero_grad()
+        jd.backward(scaler.scale(_losses(model, step)))
+        scaler.step(jd)
+        scaler.update()
+    state = copy.deepcopy(famo.state_dict())
+    jd.zero_grad()
+    jd.backward(scaler.scale(_losses(model, 2) * float("inf")))
+    assert jd.last_step.skipped
+    assert all(torch.isnan(p.grad).all() for p in model.parameters())
+    for name, value in famo.state_dict().items():
+        assert name == "_extra_state" or torch.equal(value, state[name]), name
+    assert torch.equal(famo.state_dict()["_extra_state"]["last"], state["_extra_state"]["last"])
