@@ -1,6 +1,6 @@
 """Opens the built site in headless Chromium and fails on a page that does not render.
 
-For the home page and the ``JDOptimizer`` API page: a screenshot (PNG), the rendered DOM (a
+For the home page, two API pages and a guide: a screenshot (PNG), the rendered DOM (a
 non-empty body, the sidebar navigation, the page's own heading) and the browser console
 (no JavaScript error). Needs Debian's ``chromium`` (``apt-get install chromium``).
 
@@ -19,7 +19,8 @@ from pathlib import Path
 PAGES = {
     "home": ("index.html", "jdopt"),
     "JDOptimizer": ("generated/jdopt.JDOptimizer.html", "JDOptimizer"),
-    "methods": ("generated/jdopt.aggregation.UPGrad.html", "UPGrad"),
+    "UPGrad": ("generated/jdopt.aggregation.UPGrad.html", "UPGrad"),
+    "choosing a method": ("guides/methods.html", "Choosing a method"),
 }
 FLAGS = [
     "--headless",

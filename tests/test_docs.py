@@ -46,3 +46,49 @@ def test_every_public_name_has_a_page_in_the_api_reference() -> None:
     assert not missing, f"add these to docs/api.rst: {sorted(missing)}"
     unknown = _documented() - set(_public())
     assert not unknown, f"docs/api.rst lists names that are not public: {sorted(unknown)}"
+
+
+GUIDES = sorted((API.parent / "guides").glob("*.rst"))
+
+
+def _code_blocks(path: Path) -> list[str]:
+    """The ``.. code-block:: python`` blocks of an RST file, dedented, in order."""
+    blocks, current, inside = [], [], False
+    for line in [*path.read_text().splitlines(), "END"]:
+        if inside and (not line.strip() or line.startswith("    ")):
+            current.append(line[4:])
+            continue
+        if inside:
+            blocks.append("\n".join(current).strip() + "\n")
+            current, inside = [], False
+        if line.strip() == ".. code-block:: python":
+            inside = True
+    return blocks
+
+
+def test_every_guide_has_code_and_is_in_the_site() -> None:
+    index = (API.parent / "index.rst").read_text()
+    assert GUIDES
+    for guide in GUIDES:
+        assert _code_blocks(guide), guide.name
+        assert f"guides/{guide.stem}" in index, f"{guide.name} is not in docs/index.rst"
+
+
+@pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.stem)
+def test_every_code_block_of_a_guide_runs(guide: Path, tmp_path: Path, monkeypatch) -> None:
+    """The blocks of a guide run in order, in one namespace, as a reader would run them."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"guide_{guide.stem}"}
+    for number, block in enumerate(_code_blocks(guide), 1):
+        try:
+            exec(compile(block, f"{guide.name} block {number}", "exec"), namespace)
+        except Exception as error:
+            raise AssertionError(f"{guide.name}, code block {number} failed: {error!r}") from error
+
+
+def test_every_example_script_is_shown_in_the_site() -> None:
+    shown = (API.parent / "examples.rst").read_text()
+    scripts = sorted((API.parent.parent / "examples").glob("[!_]*.py"))
+    assert scripts
+    for script in scripts:
+        assert f".. literalinclude:: ../examples/{script.name}" in shown, script.name
