@@ -20,8 +20,9 @@ PAGES = {
     "home": ("index.html", "jdopt"),
     "JDOptimizer": ("generated/jdopt.JDOptimizer.html", "JDOptimizer"),
     "UPGrad": ("generated/jdopt.aggregation.UPGrad.html", "UPGrad"),
-    "choosing a method": ("guides/methods.html", "Choosing a method"),
+    "method table": ("guides/methods.html", "Aggregators and weightings"),
 }
+TALL = {"method table"}  # screenshots long enough to show the table
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -49,11 +50,11 @@ def run(browser: str, url: str, *extra: str) -> subprocess.CompletedProcess:
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-def check(browser: str, page: Path, heading: str, screenshot: Path) -> list[str]:
+def check(browser: str, page: Path, heading: str, screenshot: Path, height: int) -> list[str]:
     """The problems of one page (none: it rendered)."""
     url = page.resolve().as_uri()
     problems = []
-    shot = run(browser, url, f"--screenshot={screenshot}", "--window-size=1280,900")
+    shot = run(browser, url, f"--screenshot={screenshot}", f"--window-size=1280,{height}")
     if shot.returncode != 0 or not screenshot.exists() or screenshot.stat().st_size < 10_000:
         problems.append(f"no screenshot ({shot.returncode}): {shot.stderr[-500:]}")
     dom = run(browser, url, "--dump-dom", "--enable-logging=stderr", "--v=0")
@@ -78,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed = False
     for name, (path, heading) in PAGES.items():
-        problems = check(browser, site / path, heading, out / f"{name}.png")
+        height = 2400 if name in TALL else 900
+        problems = check(
+            browser, site / path, heading, out / f"{name.replace(' ', '_')}.png", height
+        )
         print(f"{name}: {'rendered' if not problems else '; '.join(problems)}")
         failed |= bool(problems)
     print(f"screenshots in {out}")

@@ -33,3 +33,35 @@ napoleon_numpy_docstring = False
 exclude_patterns = ["_build"]
 html_theme = "furo"
 html_title = f"jdopt {release}"
+
+# The examples' pictures and printed output, made by running them at build time (small sizes)
+# into docs/_generated, which examples.rst shows: the site cannot show stale results.
+RUNS = {
+    "quickstart": ["--epochs", "2", "--plot", "{out}/quickstart.png"],
+    "compare_methods": ["--steps", "150", "--plot", "{out}/compare_methods.png"],
+    "pareto_toy": ["--steps", "200", "--plot", "{out}/pareto_toy.png"],
+    "multi_task": ["--epochs", "5", "--samples", "256"],
+    "iwrm_autogram": ["--steps", "50"],
+    "partial_autogram": ["--steps", "50"],
+    "iwmtl_autogram": ["--steps", "50"],
+    "ddp_iwrm": ["--steps", "20"],
+}
+
+
+def _run_examples(app) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(app.srcdir)
+    out = root / "_generated"
+    out.mkdir(exist_ok=True)
+    for name, arguments in RUNS.items():
+        command = [sys.executable, str(root.parent / "examples" / f"{name}.py")]
+        command += [a.format(out=out) for a in arguments]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=out)
+        (out / f"{name}.txt").write_text(done.stdout)
+
+
+def setup(app) -> None:
+    app.connect("builder-inited", _run_examples)

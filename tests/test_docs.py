@@ -92,3 +92,4 @@ def test_every_example_script_is_shown_in_the_site() -> None:
     assert scripts
     for script in scripts:
         assert f".. literalinclude:: ../examples/{script.name}" in shown, script.name
+        assert f".. literalinclude:: _generated/{script.stem}.txt" in shown, script.name
