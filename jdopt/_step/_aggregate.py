@@ -62,11 +62,7 @@ def decide_checked(
     except Exception as error:
         failure = error
     weights = None if decision is None else decision[0]
-    flags = [torch.isfinite(gramian).all()]
-    yes = torch.ones((), dtype=torch.bool, device=flags[0].device)
-    flags.append(torch.isfinite(losses).all().to(yes.device) if not scaling else yes)
-    flags.append(torch.isfinite(weights).all().to(yes.device) if weights is not None else yes)
-    gramian_ok, losses_ok, weights_ok = torch.stack(flags).tolist()
+    gramian_ok, losses_ok, weights_ok = _finite(gramian, None if scaling else losses, weights)
     if not losses_ok:
         check_finite_losses(losses)
     if not gramian_ok:
@@ -83,6 +79,14 @@ def decide_checked(
         name = type(aggregator.weighting).__name__
         raise ValueError(_bad_weights(name, "non-finite weights", weights.numel()))
     return decision
+
+
+def _finite(*tensors: Tensor | None) -> list[bool]:
+    """Whether each tensor is finite (``None``: yes), read from the device at once."""
+    device = next(t.device for t in tensors if t is not None)
+    yes = torch.ones((), dtype=torch.bool, device=device)
+    flags = [yes if t is None else torch.isfinite(t).all().to(device) for t in tensors]
+    return torch.stack(flags).tolist()
 
 
 def skip(params: list[Tensor]) -> None:
