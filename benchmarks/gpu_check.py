@@ -131,7 +131,8 @@ def _sync_cases(device: torch.device, quick: bool) -> list[tuple[str, object]]:
 
 
 def _count_reads(step) -> int:
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from tests.utils.host_reads import HostReads
 
     for _ in range(5):  # past the first steps' measurements and caches

@@ -23,7 +23,7 @@ from ._delegate import DelegatingOptimizer
 from ._diagnostics import StepInfo, step_info
 from ._linalg import no_autocast
 from ._losses import check_chunk_size
-from ._scalarized import check_scalarizer, is_scalarizer, join_optimizer, scalarized_step
+from ._scalarized import check_scalarizer, join_optimizer, scalarized_step
 from ._step import (
     Decision,
     EngineSlot,
@@ -37,6 +37,7 @@ from ._step import (
 )
 from .aggregation import Aggregator, GramianWeightedAggregator, UPGrad, Weighting
 from .autojac import kept_grads
+from .scalarization import Scalarizer
 
 
 class JDOptimizer(DelegatingOptimizer):
@@ -126,7 +127,7 @@ class JDOptimizer(DelegatingOptimizer):
         if isinstance(aggregator, Weighting):
             aggregator = GramianWeightedAggregator(aggregator)
         self.aggregator = aggregator
-        scalarized = is_scalarizer(aggregator)
+        scalarized = isinstance(aggregator, Scalarizer)
         if scalarized:
             check_scalarizer(aggregator, engine, global_step(model))
             join_optimizer(aggregator, optimizer)

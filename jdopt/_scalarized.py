@@ -3,8 +3,6 @@ backward pass per step."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch.optim import Optimizer
 
@@ -56,8 +54,4 @@ def scalarized_step(scalarizer: Scalarizer, step: Step, scale: float, scaling: b
     return StepInfo("losses", None, None, skipped=False)
 
 
-def is_scalarizer(aggregator: Any) -> bool:
-    return isinstance(aggregator, Scalarizer)
-
-
-__all__ = ["check_scalarizer", "is_scalarizer", "join_optimizer", "scalarized_step"]
+__all__ = ["check_scalarizer", "join_optimizer", "scalarized_step"]

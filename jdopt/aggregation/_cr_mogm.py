@@ -6,6 +6,7 @@ from torch import Tensor
 
 from ._bases import Weighting
 from ._checks import check_length, check_nonnegative, check_vector
+from ._state import copied
 
 
 class CRMOGMWeighting(Weighting):
@@ -99,9 +100,7 @@ class CRMOGMWeighting(Weighting):
         return previous.to(dtype=current.dtype, device=current.device)
 
     def get_extra_state(self) -> Any:
-        weights = self._weights
-        return {"weights": None if weights is None else weights.clone()}
+        return {"weights": copied(self._weights)}
 
     def set_extra_state(self, state: Any) -> None:
-        weights = state["weights"]
-        self._weights = None if weights is None else weights.detach().clone()
+        self._weights = copied(state["weights"])

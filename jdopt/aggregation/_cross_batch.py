@@ -12,6 +12,7 @@ from ._bases import Weighting
 from ._checks import check_int, check_nonnegative
 from ._moco import project_onto_simplex
 from ._pref import check_pref_vector
+from ._state import copied
 
 
 class _Stateful(Weighting):
@@ -24,10 +25,10 @@ class _Stateful(Weighting):
         self._weights: Tensor | None = None
 
     def get_extra_state(self) -> Any:
-        return None if self._weights is None else self._weights.clone()
+        return copied(self._weights)
 
     def set_extra_state(self, state: Any) -> None:
-        self._weights = None if state is None else state.detach().clone()
+        self._weights = copied(state)
 
 
 class MoDoWeighting(_Stateful):

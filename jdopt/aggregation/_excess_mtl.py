@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ._bases import WeightedAggregator
 from ._checks import check_int, check_nonnegative
+from ._state import copied
 
 _FLOOR = 1e-7  # keeps the square roots and the divisions finite, as in the reference code
 
@@ -106,13 +107,8 @@ class _ExcessMTLWeighting(nn.Module):
 
     def get_extra_state(self) -> Any:
         names = ("_squares", "_warmup", "_weights", "_baseline", "_calls")
-        return {name: _copy(getattr(self, name)) for name in names}
+        return {name: copied(getattr(self, name)) for name in names}
 
     def set_extra_state(self, state: Any) -> None:
         for name, value in state.items():
-            setattr(self, name, _copy(value))
-
-
-def _copy(value: Any) -> Any:
-    """Tensors copied: a saved or loaded state never shares memory with the running one."""
-    return value.detach().clone() if isinstance(value, Tensor) else value
+            setattr(self, name, copied(value))

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ._bases import GramianWeightedAggregator, Weighting
 from ._checks import check_nonnegative
+from ._state import copied
 
 
 class GradNormWeighting(Weighting):
@@ -92,10 +93,8 @@ class GradNormWeighting(Weighting):
         return {"weights": self._weights, "initial": self._initial, "losses": self._losses}
 
     def set_extra_state(self, state: Any) -> None:
-        # Copies: a loaded state never shares memory with the running one.
-        copies = {k: None if v is None else v.detach().clone() for k, v in state.items()}
-        self._weights, self._initial = copies["weights"], copies["initial"]
-        self._losses = copies["losses"]
+        self._weights, self._initial = copied(state["weights"]), copied(state["initial"])
+        self._losses = copied(state["losses"])
 
 
 class GradNorm(GramianWeightedAggregator):

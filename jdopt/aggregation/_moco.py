@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ._bases import Aggregator
 from ._checks import check_nonnegative
+from ._state import copied
 
 
 class MoCo(Aggregator):
@@ -94,17 +95,12 @@ class MoCo(Aggregator):
         self._calls = 0
 
     def get_extra_state(self) -> Any:
-        tracked, weights = _copy(self._tracked), _copy(self._weights)
+        tracked, weights = copied(self._tracked), copied(self._weights)
         return {"tracked": tracked, "weights": weights, "calls": self._calls}
 
     def set_extra_state(self, state: Any) -> None:
-        self._tracked, self._weights = _copy(state["tracked"]), _copy(state["weights"])
+        self._tracked, self._weights = copied(state["tracked"]), copied(state["weights"])
         self._calls = int(state["calls"])
-
-
-def _copy(tensor: Tensor | None) -> Tensor | None:
-    """A copy, so that a saved or loaded state never shares memory with the running one."""
-    return None if tensor is None else tensor.detach().clone()
 
 
 def project_onto_simplex(vector: Tensor) -> Tensor:

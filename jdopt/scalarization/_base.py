@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..aggregation._checks import check_nonnegative
+
 
 class Scalarizer(nn.Module, ABC):
     """Reduces a tensor of values (losses) of any shape to one scalar, whose ordinary
@@ -88,11 +90,8 @@ def as_shape(shape: object) -> tuple[int, ...]:
 
 
 def check_positive(value: object, name: str, *, strict: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` should be a real number. Found {type(value).__name__}.")
-    if not (value > 0 if strict else value >= 0) or value != value or value == float("inf"):
-        bound = "positive" if strict else "non-negative"
-        raise ValueError(f"`{name}` should be a finite {bound} number. Found {name}={value}.")
+    """``value`` as a float, checked as the aggregation methods check their hyperparameters."""
+    check_nonnegative(value, name, strict=strict)
     return float(value)
 
 
