@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._bases import Weighting
 from ._checks import check_int, check_nonnegative
-from ._moco import project_onto_simplex
+from ._moco import mgda_step, project_onto_simplex
 from ._pref import check_pref_vector
 from ._state import copied
 
@@ -59,9 +59,7 @@ class MoDoWeighting(_Stateful):
         self.reset()
 
     def forward(self, matrix: Tensor, /) -> Tensor:
-        weights = _state(self._weights, matrix)
-        step = weights - self.gamma * (matrix @ weights + self.rho * weights)
-        self._weights = project_onto_simplex(step)
+        self._weights = mgda_step(_state(self._weights, matrix), matrix, self.gamma, self.rho)
         return self._weights
 
 

@@ -82,11 +82,9 @@ class MoCo(Aggregator):
         gamma = self.gamma / self._calls**self.gamma_sigma
         tracked = self._tracked.to(jacobian)
         tracked = tracked.lerp_(jacobian, beta)
-        gramian = tracked @ tracked.T
-        weights = self._weights.to(jacobian)
-        step = weights - gamma * (gramian @ weights + self.rho * weights)
-        self._tracked, self._weights = tracked, project_onto_simplex(step)
-        return self._weights @ tracked
+        weights = mgda_step(self._weights.to(jacobian), tracked @ tracked.T, gamma, self.rho)
+        self._tracked, self._weights = tracked, weights
+        return weights @ tracked
 
     def reset(self) -> None:
         """Forgets the tracked Jacobian, the weights and the call count."""
@@ -101,6 +99,12 @@ class MoCo(Aggregator):
     def set_extra_state(self, state: Any) -> None:
         self._tracked, self._weights = copied(state["tracked"]), copied(state["weights"])
         self._calls = int(state["calls"])
+
+
+def mgda_step(weights: Tensor, matrix: Tensor, step: float, rho: float) -> Tensor:
+    """One projected gradient step on MGDA's ``½ λᵀ(M + ρI)λ`` over the simplex:
+    ``Π_simplex(λ − step (M λ + ρ λ))`` (MoCo on its tracked Gramian, MoDo on ``J₁J₂ᵀ``)."""
+    return project_onto_simplex(weights - step * (matrix @ weights + rho * weights))
 
 
 def project_onto_simplex(vector: Tensor) -> Tensor:
